@@ -1,0 +1,270 @@
+//! The command line of every server binary: `start`, `stop`, `restart`,
+//! `reload`, `status` and `connections`.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches};
+use log::error;
+
+use crate::cli::{Cli, Command, Query, RoleArgs, Start, Stop, Target};
+use crate::config::{load_secret, Config, Role, Spec};
+use crate::process::control::{self, Reply, Request, Status};
+use crate::process::daemon::{self, DaemonEnv};
+use crate::process::master::Master;
+use crate::process::pidfile::{self, PidFile};
+
+/// LSB exit code of `status` for a server that is not running.
+const NOT_RUNNING: u8 = 3;
+
+pub fn main<E: RoleArgs>(spec: &Spec) -> ExitCode {
+    if let Some(code) = crate::worker::run_from_env() {
+        return code;
+    }
+    if let Ok(text) = std::env::var(daemon::ENV) {
+        return run_daemon(spec, &text);
+    }
+    let matches = Cli::<E>::command().name(spec.name).about(spec.about).get_matches();
+    let cli = match Cli::<E>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logging(spec.name, "cli");
+    let result = match cli.command {
+        Command::Start(start) => self::start(spec, &start),
+        Command::Stop(stop) => self::stop(spec, &stop),
+        Command::Restart { start, graceful } => {
+            let stop = Stop { target: Target { pid_file: start.target.pid_file.clone() }, graceful, timeout: 30 };
+            self::stop(spec, &stop).and_then(|_| self::start(spec, &start))
+        }
+        Command::Reload(target) => reload(spec, &target),
+        Command::Status(q) => status(spec, &q),
+        Command::Connections(q) => connections(spec, &q),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("{}: {msg}", spec.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr (the log file when daemonised) as
+/// `time LEVEL name[pid] role: message`; `RUST_LOG` filters, default `info`.
+pub fn init_logging(name: &str, role: &str) {
+    let (name, role, pid) = (name.to_owned(), role.to_owned(), std::process::id());
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(move |buf, r| {
+            writeln!(buf, "{} {:<5} {name}[{pid}] {role}: {}", buf.timestamp_millis(), r.level(), r.args())
+        })
+        .try_init();
+}
+
+fn start<E: RoleArgs>(spec: &Spec, start: &Start<E>) -> Result<ExitCode, String> {
+    let cfg = start.config(spec)?;
+    check_secret(&cfg)?;
+    if pidfile::is_locked(&cfg.pid_file) {
+        let pid = pidfile::read_pid(&cfg.pid_file).ok().flatten().unwrap_or(0);
+        return Err(format!(
+            "already running (pid {pid}, pid file {}); stop it first or pass another --pid-file",
+            cfg.pid_file.display()
+        ));
+    }
+    if start.daemon {
+        let pid = daemon::spawn(&cfg)?;
+        println!(
+            "{} started as a daemon (master pid {pid}), listening on {}; log: {}",
+            spec.name,
+            cfg.listen,
+            cfg.log_file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logging(spec.name, "master");
+    serve(cfg, None)
+}
+
+/// The detached master of `start -d`.
+fn run_daemon(spec: &Spec, text: &str) -> ExitCode {
+    init_logging(spec.name, "master");
+    let env: DaemonEnv = match serde_json::from_str(text) {
+        Ok(env) => env,
+        Err(e) => {
+            error!("{} is set but invalid ({e}); it is for `start -d` only", daemon::ENV);
+            return ExitCode::FAILURE;
+        }
+    };
+    let ready = daemon::adopt(&env);
+    match serve(env.config, Some(ready.try_clone().expect("dup of the ready pipe"))) {
+        Ok(code) => code,
+        Err(msg) => {
+            error!("{msg}");
+            let _ = nix::unistd::write(&ready, format!("{msg}\n").as_bytes());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the master in this process until it stops.
+fn serve(cfg: Config, ready: Option<OwnedFd>) -> Result<ExitCode, String> {
+    raise_fd_limit();
+    let pid_file = PidFile::acquire(&cfg.pid_file)?;
+    let listener = TcpListener::bind(cfg.listen).map_err(|e| {
+        format!("cannot listen on {}: {e}; is another server on that port? pass --listen to choose another", cfg.listen)
+    })?;
+    Ok(Master::new(cfg, listener, pid_file, ready)?.run())
+}
+
+/// The channel port must not be open to the network without a secret.
+fn check_secret(cfg: &Config) -> Result<(), String> {
+    let (file, channel) = match &cfg.role {
+        Role::Channel(c) => (c.secret_file.as_ref(), true),
+        Role::PubSub(p) => (p.secret_file.as_ref(), false),
+    };
+    let secret = load_secret(file)?;
+    if channel && secret.is_none() && !cfg.listen.ip().is_loopback() {
+        return Err(format!(
+            "refusing to listen on {} without a secret: workers anywhere could publish and subscribe; \
+             pass --secret-file or set {} (and give the workers the same)",
+            cfg.listen,
+            crate::config::SECRET_ENV
+        ));
+    }
+    Ok(())
+}
+
+/// Each connection is a descriptor: allow as many as the hard limit permits.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            log::warn!("could not raise the open-files limit from {soft} to {hard}");
+        }
+    }
+}
+
+fn stop(spec: &Spec, stop: &Stop) -> Result<ExitCode, String> {
+    let pid_file = stop.target.pid_file(spec);
+    if !pidfile::is_locked(&pid_file) {
+        println!("{} is not running (no live master holds {})", spec.name, pid_file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let req = Request::Stop { graceful: stop.graceful, timeout_secs: stop.timeout };
+    // The master kills what is left at the timeout; allow it time to do so.
+    let wait = Duration::from_secs(stop.timeout + 15);
+    match control::call(&pid_file, &req, wait) {
+        Ok(Reply::Stopping) => {}
+        Ok(other) => return Err(format!("unexpected reply: {other:?}")),
+        Err(e) => return Err(format!("cannot reach the master ({e}); is it hung? try `kill -9` on the pid in {}", pid_file.display())),
+    }
+    if pidfile::is_locked(&pid_file) {
+        return Err("the master did not exit in time".into());
+    }
+    println!("{} stopped", spec.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reload(spec: &Spec, target: &Target) -> Result<ExitCode, String> {
+    let pid_file = target.pid_file(spec);
+    match ask(spec, &pid_file, &Request::Reload, Duration::from_secs(600))? {
+        Reply::Reloaded(pids) => {
+            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+            println!("{} reloaded; worker pids: {}", spec.name, pids.join(" "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Reply::Error(e) => Err(e),
+        other => Err(format!("unexpected reply: {other:?}")),
+    }
+}
+
+fn status(spec: &Spec, q: &Query) -> Result<ExitCode, String> {
+    let pid_file = q.target.pid_file(spec);
+    if !pidfile::is_locked(&pid_file) {
+        println!("{} is not running", spec.name);
+        return Ok(ExitCode::from(NOT_RUNNING));
+    }
+    let Reply::Status(s) = ask(spec, &pid_file, &Request::Status, Duration::from_secs(10))? else {
+        return Err("unexpected reply".into());
+    };
+    if q.json {
+        println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
+    } else {
+        print_status(&s);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn connections(spec: &Spec, q: &Query) -> Result<ExitCode, String> {
+    let pid_file = q.target.pid_file(spec);
+    let Reply::Connections(conns) = ask(spec, &pid_file, &Request::Connections, Duration::from_secs(10))? else {
+        return Err("unexpected reply".into());
+    };
+    if q.json {
+        println!("{}", serde_json::to_string_pretty(&conns).expect("serialises"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<8} {:>6} {:<22} {:>10} {:>10} {:>8}  topics", "pid", "id", "peer", "bytes_in", "bytes_out", "queued");
+    for c in &conns {
+        println!(
+            "{:<8} {:>6} {:<22} {:>10} {:>10} {:>8}  {}",
+            c.worker_pid,
+            c.id,
+            c.peer,
+            c.bytes_in,
+            c.bytes_out,
+            c.queued,
+            c.topics.join(",")
+        );
+    }
+    println!("{} connection(s)", conns.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ask(spec: &Spec, pid_file: &std::path::Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
+    if !pidfile::is_locked(pid_file) {
+        return Err(format!("not running (no live master holds {}); start it with `{} start`", pid_file.display(), spec.name));
+    }
+    control::call(pid_file, req, timeout).map_err(|e| format!("cannot reach the master: {e}"))
+}
+
+fn print_status(s: &Status) {
+    println!(
+        "{} {}  master pid {}  listening on {}  up {}s  {} worker(s)",
+        s.name,
+        s.version,
+        s.pid,
+        s.listen,
+        s.uptime_secs,
+        s.workers.len()
+    );
+    println!(
+        "{:>3} {:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9}",
+        "id", "pid", "memory", "conns", "topics", "msgs_in", "msgs_out", "queued", "dropped", "slow", "link", "state"
+    );
+    let mut total = crate::process::control::WorkerStats::default();
+    let mut memory = 0;
+    for w in &s.workers {
+        let t = &w.stats;
+        println!(
+            "{:>3} {:>8} {:>7}kB {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9}",
+            w.id, w.pid, w.memory_kb, t.connections, t.topics, t.msgs_in, t.msgs_out, t.bytes_queued, t.dropped,
+            t.slow_consumers, t.link, t.state
+        );
+        memory += w.memory_kb;
+        total.connections += t.connections;
+        total.msgs_in += t.msgs_in;
+        total.msgs_out += t.msgs_out;
+        total.bytes_queued += t.bytes_queued;
+        total.dropped += t.dropped;
+        total.slow_consumers += t.slow_consumers;
+    }
+    println!(
+        "{:>3} {:>8} {:>7}kB {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5}",
+        "all", "", memory, total.connections, "", total.msgs_in, total.msgs_out, total.bytes_queued, total.dropped,
+        total.slow_consumers
+    );
+}

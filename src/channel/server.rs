@@ -1,0 +1,368 @@
+//! The channel server's service: one connection ("peer") per worker.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::config::{ChannelConfig, MAX_SUBSCRIPTIONS};
+use crate::process::control::{ConnInfo, WorkerStats};
+use crate::protocol::command::check_topic;
+use crate::protocol::frame::{Frame, FrameReader, VERSION};
+use crate::worker::event_loop::Service;
+
+const READS_PER_EVENT: usize = 16;
+/// A worker subscribes once per topic, so this bounds a peer generously.
+const MAX_PEER_TOPICS: usize = 64 * MAX_SUBSCRIPTIONS;
+
+struct Peer {
+    stream: TcpStream,
+    addr: SocketAddr,
+    id: u64,
+    reader: FrameReader,
+    /// Whole frames; `out[sent..]` is not written yet.
+    out: Vec<u8>,
+    sent: usize,
+    authed: bool,
+    topics: Vec<Box<[u8]>>,
+    closing: bool,
+    dirty: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Peer {
+    fn unsent(&self) -> usize {
+        self.out.len() - self.sent
+    }
+}
+
+pub struct ChannelServer {
+    cfg: ChannelConfig,
+    secret: Option<Vec<u8>>,
+    peers: Slab<Peer>,
+    topics: HashMap<Box<[u8]>, Vec<usize>>,
+    dirty: Vec<usize>,
+    /// Peers with input left unread: their turn ran out, or a receiver is over
+    /// its buffer limit and publishers wait until it catches up.
+    unread: Vec<usize>,
+    to_close: Vec<usize>,
+    congested: bool,
+    next_id: u64,
+    msgs_in: u64,
+    msgs_out: u64,
+    draining: bool,
+}
+
+impl ChannelServer {
+    pub fn new(cfg: ChannelConfig, secret: Option<Vec<u8>>) -> ChannelServer {
+        ChannelServer {
+            cfg,
+            secret,
+            peers: Slab::new(),
+            topics: HashMap::new(),
+            dirty: Vec::new(),
+            unread: Vec::new(),
+            to_close: Vec::new(),
+            congested: false,
+            next_id: 1,
+            msgs_in: 0,
+            msgs_out: 0,
+            draining: false,
+        }
+    }
+
+    fn read_peer(&mut self, key: usize) {
+        let Some(p) = self.peers.get_mut(key) else { return };
+        let mut reader = std::mem::take(&mut p.reader);
+        let mut turns = READS_PER_EVENT;
+        // Err(None): the peer closed; Err(Some(why)): it broke the protocol.
+        let result: Result<(), Option<String>> = loop {
+            let p = &mut self.peers[key];
+            if p.closing || self.draining {
+                break Ok(());
+            }
+            if self.congested || turns == 0 {
+                if !self.unread.contains(&key) {
+                    self.unread.push(key);
+                }
+                break Ok(());
+            }
+            turns -= 1;
+            match reader.read_from(&mut p.stream) {
+                Ok(0) => break Err(None),
+                Ok(n) => {
+                    p.bytes_in += n as u64;
+                    if let Err(why) = self.on_frames(key, &mut reader) {
+                        break Err(Some(why));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(Some(format!("read failed: {e}"))),
+            }
+        };
+        let p = &mut self.peers[key];
+        p.reader = reader;
+        match result {
+            Ok(()) => {}
+            Err(None) => self.to_close.push(key),
+            Err(Some(why)) => {
+                // Tell the worker why, then close: a clean end it can log.
+                warn!("closing link from {}: {why}", p.addr);
+                let mut msg = Vec::new();
+                Frame::Error(why.as_bytes()).encode(&mut msg);
+                self.push(key, &msg);
+                self.peers[key].closing = true;
+            }
+        }
+    }
+
+    fn on_frames(&mut self, key: usize, reader: &mut FrameReader) -> Result<(), String> {
+        while let Some((frame, raw)) = reader.next().map_err(|e| e.to_string())? {
+            if !self.peers[key].authed {
+                match frame {
+                    Frame::Hello { version, secret } => self.hello(key, version, secret)?,
+                    _ => return Err("the first frame must be a hello".into()),
+                }
+                continue;
+            }
+            match frame {
+                Frame::Publish { topic, .. } => {
+                    self.msgs_in += 1;
+                    let Some(targets) = self.topics.get(topic) else { continue };
+                    self.msgs_out += targets.len() as u64;
+                    for i in 0..targets.len() {
+                        let target = self.topics[topic][i];
+                        self.push(target, raw);
+                    }
+                }
+                Frame::Sub(topic) => {
+                    check_topic(topic)?;
+                    let p = &mut self.peers[key];
+                    if !p.topics.iter().any(|t| **t == *topic) {
+                        if p.topics.len() >= MAX_PEER_TOPICS {
+                            return Err(format!("too many topics (max {MAX_PEER_TOPICS} per worker)"));
+                        }
+                        p.topics.push(topic.into());
+                        self.topics.entry(topic.into()).or_default().push(key);
+                    }
+                    let mut ack = Vec::new();
+                    Frame::SubAck(topic).encode(&mut ack);
+                    self.push(key, &ack);
+                }
+                Frame::Unsub(topic) => {
+                    let p = &mut self.peers[key];
+                    if let Some(i) = p.topics.iter().position(|t| **t == *topic) {
+                        p.topics.swap_remove(i);
+                        self.remove_subscriber(topic, key);
+                    }
+                }
+                other => return Err(format!("unexpected frame {other:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn hello(&mut self, key: usize, version: u8, secret: &[u8]) -> Result<(), String> {
+        if version != VERSION {
+            return Err(format!("protocol version {version} is not supported (this server speaks {VERSION})"));
+        }
+        if let Some(want) = &self.secret {
+            if !constant_time_eq(want, secret) {
+                return Err("wrong secret".into());
+            }
+        }
+        let p = &mut self.peers[key];
+        p.authed = true;
+        info!("worker link from {} accepted", p.addr);
+        let mut welcome = Vec::new();
+        Frame::Welcome { version: VERSION }.encode(&mut welcome);
+        self.push(key, &welcome);
+        Ok(())
+    }
+
+    /// Queues bytes for a peer; a peer over its limit makes publishers wait.
+    fn push(&mut self, key: usize, bytes: &[u8]) {
+        let p = &mut self.peers[key];
+        if p.closing {
+            return;
+        }
+        p.out.extend_from_slice(bytes);
+        if p.unsent() > self.cfg.max_link_buffer {
+            self.congested = true;
+        }
+        if !p.dirty {
+            p.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn remove_subscriber(&mut self, topic: &[u8], key: usize) {
+        if let Some(subs) = self.topics.get_mut(topic) {
+            subs.retain(|k| *k != key);
+            if subs.is_empty() {
+                self.topics.remove(topic);
+            }
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let Some(p) = self.peers.get_mut(key) else { return };
+        p.dirty = false;
+        while p.sent < p.out.len() {
+            match p.stream.write(&p.out[p.sent..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    p.sent += n;
+                    p.bytes_out += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("{}: write failed: {e}", p.addr);
+                    self.to_close.push(key);
+                    return;
+                }
+            }
+        }
+        if p.sent == p.out.len() {
+            p.out.clear();
+            p.sent = 0;
+            if p.out.capacity() > 1 << 20 {
+                p.out = Vec::new();
+            }
+            if p.closing {
+                self.to_close.push(key);
+            }
+        } else if p.sent > p.out.len() / 2 {
+            p.out.drain(..p.sent);
+            p.sent = 0;
+        }
+    }
+
+    fn close(&mut self, reg: &Registry, key: usize) {
+        let Some(mut p) = self.peers.try_remove(key) else { return };
+        let _ = reg.deregister(&mut p.stream);
+        for t in &p.topics {
+            self.remove_subscriber(t, key);
+        }
+        self.unread.retain(|k| *k != key);
+        info!("worker link from {} closed", p.addr);
+    }
+}
+
+impl Service for ChannelServer {
+    fn start(&mut self, _reg: &Registry) {}
+
+    fn accept(&mut self, reg: &Registry, mut stream: TcpStream, addr: SocketAddr) {
+        let entry = self.peers.vacant_entry();
+        if let Err(e) = reg.register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE) {
+            warn!("cannot register {addr}: {e}");
+            return;
+        }
+        entry.insert(Peer {
+            stream,
+            addr,
+            id: self.next_id,
+            reader: FrameReader::default(),
+            out: Vec::new(),
+            sent: 0,
+            authed: false,
+            topics: Vec::new(),
+            closing: false,
+            dirty: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        self.next_id += 1;
+    }
+
+    fn event(&mut self, _reg: &Registry, ev: &Event) {
+        let key = ev.token().0;
+        if ev.is_writable() {
+            self.flush(key);
+        }
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.read_peer(key);
+        }
+    }
+
+    fn tick(&mut self, reg: &Registry) -> Option<Instant> {
+        for key in std::mem::take(&mut self.dirty) {
+            self.flush(key);
+        }
+        let limit = self.cfg.max_link_buffer / 2;
+        self.congested = self.peers.iter().any(|(_, p)| p.unsent() > limit);
+        if !self.congested {
+            for key in std::mem::take(&mut self.unread) {
+                self.read_peer(key);
+            }
+            for key in std::mem::take(&mut self.dirty) {
+                self.flush(key);
+            }
+        }
+        for key in std::mem::take(&mut self.to_close) {
+            self.close(reg, key);
+        }
+        (!self.unread.is_empty() && !self.congested).then(Instant::now)
+    }
+
+    fn connections(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn drain(&mut self, _reg: &Registry) {
+        self.draining = true;
+        for (key, p) in self.peers.iter_mut() {
+            p.closing = true;
+            if !p.dirty {
+                p.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn drained(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            connections: self.peers.len() as u64,
+            topics: self.topics.len() as u64,
+            msgs_in: self.msgs_in,
+            msgs_out: self.msgs_out,
+            bytes_queued: self.peers.iter().map(|(_, p)| p.unsent() as u64).sum(),
+            link: "-".into(),
+            ..Default::default()
+        }
+    }
+
+    fn list(&self) -> Vec<ConnInfo> {
+        let pid = std::process::id();
+        self.peers
+            .iter()
+            .map(|(_, p)| ConnInfo {
+                worker_pid: pid,
+                id: p.id,
+                peer: p.addr.to_string(),
+                topics: p.topics.iter().map(|t| String::from_utf8_lossy(t).into()).collect(),
+                bytes_in: p.bytes_in,
+                bytes_out: p.bytes_out,
+                queued: p.unsent() as u64,
+            })
+            .collect()
+    }
+}
+
+/// Compares secrets without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,210 @@
+//! Command-line interface shared by the three servers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ChannelConfig, Config, PubSubConfig, Role, Spec};
+use crate::protocol::{command::check_topic, frame::MAX_MESSAGE};
+
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true, after_help = SIGNALS)]
+pub struct Cli<E: Args> {
+    #[command(subcommand)]
+    pub command: Command<E>,
+}
+
+const SIGNALS: &str = "\
+Signals to the master process: TERM or INT stop, QUIT stops gracefully, HUP or USR1 reload.
+Logging: RUST_LOG=debug (default info). Exit codes: 0 success, 1 failure, 2 usage error.";
+
+#[derive(Debug, Subcommand)]
+pub enum Command<E: Args> {
+    /// Start the server (in the foreground unless -d is given)
+    Start(Start<E>),
+    /// Stop the running server; returns once every process has exited
+    Stop(Stop),
+    /// Stop the running server, then start it with the flags given here
+    Restart {
+        #[command(flatten)]
+        start: Start<E>,
+        /// Stop gracefully
+        #[arg(short, long)]
+        graceful: bool,
+    },
+    /// Replace the workers one at a time with ones running the binary now on disk
+    Reload(Target),
+    /// Print one row per worker: pid, memory, connections, topics, messages, queues
+    Status(Query),
+    /// List every client connection
+    Connections(Query),
+}
+
+#[derive(Debug, Args)]
+pub struct Start<E: Args> {
+    /// Address to listen on [default: 127.0.0.1 or 0.0.0.0 with the server's port]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub target: Target,
+    /// Log file, written when running as a daemon [default: $TMPDIR/<name>.log]
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Run as a daemon: return once the server is accepting connections
+    #[arg(short = 'd', long)]
+    pub daemon: bool,
+    /// Most client connections per worker process; past it a client gets an ERR line
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_connections: usize,
+    #[command(flatten)]
+    pub role: E,
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Pid file of the instance [default: $TMPDIR/<name>.pid]
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct Stop {
+    #[command(flatten)]
+    pub target: Target,
+    /// Graceful: stop accepting, deliver what is queued, then close
+    #[arg(short, long)]
+    pub graceful: bool,
+    /// Seconds to wait before the remaining processes are killed
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct Query {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of the two worker servers.
+#[derive(Debug, Args)]
+pub struct PubSubArgs {
+    /// Number of worker processes [default: 4 for data-source, 1 for subscriber]
+    #[arg(short = 'c', long, value_name = "N")]
+    pub count: Option<usize>,
+    /// Address of the channel server
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2206")]
+    pub channel: SocketAddr,
+    /// Default topic of `publish` and `subscribe`
+    #[arg(long, value_name = "NAME", default_value = "topic1")]
+    pub topic: String,
+    /// Longest accepted line in bytes (at most 1 MiB)
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_line: usize,
+    /// Bytes queued for one client before it is disconnected as a slow consumer
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
+    pub max_send_queue: usize,
+    /// Bytes of publishes a worker buffers for the channel server (also while it is
+    /// unreachable) before it stops reading from publishers
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub max_link_buffer: usize,
+    /// File holding the channel server's shared secret [or env FANOUT_CHANNEL_SECRET]
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Flags of the channel server.
+#[derive(Debug, Args)]
+pub struct ChannelArgs {
+    /// Bytes queued for one worker before the channel server stops reading
+    /// from publishers until it catches up
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub max_link_buffer: usize,
+    /// File holding the shared secret workers must present [or env FANOUT_CHANNEL_SECRET];
+    /// required when listening on a non-loopback address
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Turns a server's own flags into its part of the configuration.
+pub trait RoleArgs: Args {
+    fn count(&self, spec: &Spec) -> Result<usize, String>;
+    fn role(&self) -> Result<Role, String>;
+}
+
+impl RoleArgs for PubSubArgs {
+    fn count(&self, spec: &Spec) -> Result<usize, String> {
+        match self.count.unwrap_or(spec.count) {
+            0 => Err("--count must be at least 1".into()),
+            n if n > 1024 => Err("--count must be at most 1024".into()),
+            n => Ok(n),
+        }
+    }
+
+    fn role(&self) -> Result<Role, String> {
+        check_topic(self.topic.as_bytes()).map_err(|e| format!("--topic: {e}"))?;
+        if self.topic.is_empty() {
+            return Err("--topic must not be empty".into());
+        }
+        if self.max_line == 0 || self.max_line > MAX_MESSAGE {
+            return Err(format!("--max-line must be between 1 and {MAX_MESSAGE}"));
+        }
+        Ok(Role::PubSub(PubSubConfig {
+            channel: self.channel,
+            topic: self.topic.clone(),
+            max_line: self.max_line,
+            max_send_queue: self.max_send_queue.max(64 * 1024),
+            max_link_buffer: self.max_link_buffer.max(MAX_MESSAGE * 2),
+            secret_file: absolute(self.secret_file.as_ref()),
+        }))
+    }
+}
+
+impl RoleArgs for ChannelArgs {
+    fn count(&self, _: &Spec) -> Result<usize, String> {
+        // Topic state lives in one process.
+        Ok(1)
+    }
+
+    fn role(&self) -> Result<Role, String> {
+        Ok(Role::Channel(ChannelConfig {
+            max_link_buffer: self.max_link_buffer.max(MAX_MESSAGE * 2),
+            secret_file: absolute(self.secret_file.as_ref()),
+        }))
+    }
+}
+
+impl Target {
+    pub fn pid_file(&self, spec: &Spec) -> PathBuf {
+        absolute(self.pid_file.as_ref()).unwrap_or_else(|| std::env::temp_dir().join(format!("{}.pid", spec.name)))
+    }
+}
+
+impl<E: RoleArgs> Start<E> {
+    /// Validates the flags into the configuration handed to the workers.
+    pub fn config(&self, spec: &Spec) -> Result<Config, String> {
+        let default_ip = match spec.role {
+            crate::config::RoleKind::Channel => [127, 0, 0, 1],
+            crate::config::RoleKind::PubSub => [0, 0, 0, 0],
+        };
+        Ok(Config {
+            name: spec.name.into(),
+            title: spec.title.into(),
+            listen: self.listen.unwrap_or_else(|| SocketAddr::from((default_ip, spec.port))),
+            count: self.role.count(spec)?,
+            pid_file: self.target.pid_file(spec),
+            log_file: absolute(self.log_file.as_ref())
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("{}.log", spec.name))),
+            max_connections: self.max_connections.max(1),
+            role: self.role.role()?,
+        })
+    }
+}
+
+/// A daemon changes its directory to `/`, so paths are made absolute first.
+fn absolute(p: Option<&PathBuf>) -> Option<PathBuf> {
+    p.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+}

@@ -1,0 +1,113 @@
+//! What each server is, and the settings a master hands to its workers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The fixed facts of one binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Binary name, used in messages and default file names.
+    pub name: &'static str,
+    /// Human name: "Welcome to {title}".
+    pub title: &'static str,
+    pub about: &'static str,
+    pub port: u16,
+    pub count: usize,
+    pub role: RoleKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleKind {
+    PubSub,
+    Channel,
+}
+
+pub const DATA_SOURCE: Spec = Spec {
+    name: "data-source",
+    title: "Data Source Server",
+    about: "Data source server: clients publish with `publish <message>` over telnet (port 2345)",
+    port: 2345,
+    count: 4,
+    role: RoleKind::PubSub,
+};
+
+pub const SUBSCRIBER: Spec = Spec {
+    name: "subscriber",
+    title: "Subscriber Server",
+    about: "Subscriber server: clients `subscribe` over telnet and receive every publish (port 2346)",
+    port: 2346,
+    count: 1,
+    role: RoleKind::PubSub,
+};
+
+pub const CHANNEL_SERVER: Spec = Spec {
+    name: "channel-server",
+    title: "Channel Server",
+    about: "Channel server: fans every topic publish out to the workers subscribed to it (port 2206)",
+    port: 2206,
+    count: 1,
+    role: RoleKind::Channel,
+};
+
+/// Everything a worker needs; serialised by the master into the worker's
+/// environment, so a worker started from a rebuilt binary gets the same settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub name: String,
+    pub title: String,
+    pub listen: SocketAddr,
+    pub count: usize,
+    pub pid_file: PathBuf,
+    pub log_file: PathBuf,
+    /// Per worker process.
+    pub max_connections: usize,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Role {
+    PubSub(PubSubConfig),
+    Channel(ChannelConfig),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PubSubConfig {
+    pub channel: SocketAddr,
+    pub topic: String,
+    pub max_line: usize,
+    pub max_send_queue: usize,
+    pub max_link_buffer: usize,
+    pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelConfig {
+    pub max_link_buffer: usize,
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Most topics one client connection may subscribe to.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// The environment variable that carries the channel secret when no
+/// `--secret-file` is given.
+pub const SECRET_ENV: &str = "FANOUT_CHANNEL_SECRET";
+
+/// The shared secret, from the file if one is named, else from the environment.
+pub fn load_secret(file: Option<&PathBuf>) -> Result<Option<Vec<u8>>, String> {
+    match file {
+        Some(path) => {
+            let s = std::fs::read(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+            let s = s.trim_ascii().to_vec();
+            if s.is_empty() {
+                return Err(format!("secret file {} is empty", path.display()));
+            }
+            Ok(Some(s))
+        }
+        None => Ok(std::env::var_os(SECRET_ENV)
+            .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).trim_ascii().to_vec())
+            .filter(|v| !v.is_empty())),
+    }
+}

@@ -1,0 +1,215 @@
+//! Messages between the command line, the master and its workers: one JSON
+//! object per line over Unix sockets. The master answers the CLI on a control
+//! socket beside the pid file; each worker talks to the master over a socketpair
+//! it inherits, and exits when that closes, so a worker never outlives its master.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// From the CLI to the master.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Connections,
+    Reload,
+    Stop { graceful: bool, timeout_secs: u64 },
+}
+
+/// From the master to the CLI.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Status(Status),
+    Connections(Vec<ConnInfo>),
+    /// Reload finished: the new worker pids.
+    Reloaded(Vec<u32>),
+    /// Stop has begun; the socket closes when the master exits.
+    Stopping,
+    Error(String),
+}
+
+/// From the master to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ToWorker {
+    Stats,
+    Connections,
+    /// Stop accepting, deliver what is queued, close, exit.
+    Drain,
+}
+
+/// From a worker to the master.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromWorker {
+    /// Listening and serving.
+    Ready,
+    Stats(WorkerStats),
+    Connections(Vec<ConnInfo>),
+}
+
+/// What a worker counts about itself.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub connections: u64,
+    /// Topics with at least one subscriber in this worker.
+    pub topics: u64,
+    /// Messages received: publishes from clients (or, in the channel server, from workers).
+    pub msgs_in: u64,
+    /// Messages queued for delivery: to clients (or, in the channel server, to workers).
+    pub msgs_out: u64,
+    pub bytes_queued: u64,
+    /// Messages discarded because their receiver was disconnected as a slow consumer.
+    pub dropped: u64,
+    pub slow_consumers: u64,
+    /// Channel link state ("up", "down", or "-" for the channel server).
+    pub link: String,
+    pub state: String,
+}
+
+/// One client connection, for `connections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnInfo {
+    pub worker_pid: u32,
+    pub id: u64,
+    pub peer: String,
+    pub topics: Vec<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub queued: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub version: String,
+    pub pid: u32,
+    pub listen: String,
+    pub uptime_secs: u64,
+    pub workers: Vec<WorkerRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRow {
+    pub id: usize,
+    pub pid: u32,
+    pub memory_kb: u64,
+    pub restarts: u64,
+    #[serde(flatten)]
+    pub stats: WorkerStats,
+}
+
+/// The control socket of the instance with this pid file.
+pub fn socket_path(pid_file: &Path) -> PathBuf {
+    pid_file.with_extension("sock")
+}
+
+/// Appends `msg` as one JSON line.
+pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, msg).expect("control messages always serialise");
+    out.push(b'\n');
+}
+
+/// Takes every whole JSON line out of `buf`.
+pub fn decode_lines<T: for<'de> Deserialize<'de>>(buf: &mut Vec<u8>) -> io::Result<Vec<T>> {
+    let Some(end) = memchr::memrchr(b'\n', buf) else { return Ok(Vec::new()) };
+    let msgs = buf[..end]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)))
+        .collect();
+    buf.drain(..=end);
+    msgs
+}
+
+/// CLI side: sends one request and returns the master's reply. With `Stop`,
+/// the reply is read and then the call waits until the master has exited.
+pub fn call(pid_file: &Path, req: &Request, timeout: Duration) -> io::Result<Reply> {
+    let path = socket_path(pid_file);
+    let mut s = UnixStream::connect(&path)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut line = Vec::new();
+    encode(req, &mut line);
+    s.write_all(&line)?;
+    let mut r = BufReader::new(s);
+    let mut text = String::new();
+    r.read_line(&mut text)?;
+    if text.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the master closed the control socket"));
+    }
+    let reply: Reply = serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if matches!(reply, Reply::Stopping) {
+        // The master holds this socket open until it exits.
+        let mut rest = Vec::new();
+        io::Read::read_to_end(&mut r, &mut rest)?;
+    }
+    Ok(reply)
+}
+
+/// One end of a JSON-lines conversation on a non-blocking Unix socket.
+pub struct Conn {
+    pub stream: mio::net::UnixStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+}
+
+/// Most bytes a peer may send without a newline: control messages are small.
+const MAX_CONTROL_LINE: usize = 1 << 20;
+
+impl Conn {
+    pub fn new(stream: mio::net::UnixStream) -> Conn {
+        Conn { stream, inbuf: Vec::new(), outbuf: Vec::new() }
+    }
+
+    /// Queues `msg` and writes as much as the socket takes.
+    pub fn send<T: Serialize>(&mut self, msg: &T) -> io::Result<()> {
+        encode(msg, &mut self.outbuf);
+        self.flush()
+    }
+
+    /// Writes queued bytes until done or the socket is full.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while !self.outbuf.is_empty() {
+            match self.stream.write(&self.outbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => drop(self.outbuf.drain(..n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.outbuf.is_empty()
+    }
+
+    /// Reads until the socket is drained. Returns the whole messages received
+    /// and whether the peer has closed.
+    pub fn receive<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<(Vec<T>, bool)> {
+        let mut chunk = [0u8; 4096];
+        let mut closed = false;
+        loop {
+            match io::Read::read(&mut self.stream, &mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.inbuf.len() > MAX_CONTROL_LINE && !self.inbuf.contains(&b'\n') {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "control message too long"));
+            }
+        }
+        Ok((decode_lines(&mut self.inbuf)?, closed))
+    }
+}

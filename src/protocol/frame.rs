@@ -1,0 +1,264 @@
+//! The channel protocol: length-framed binary messages between workers and the
+//! channel server. The format is described in `docs/channel-protocol.md`.
+//!
+//! ```text
+//! frame = length:u32be  kind:u8  body        (length counts kind + body)
+//! ```
+
+use std::io::{self, Read};
+
+use super::command::MAX_TOPIC;
+
+pub const VERSION: u8 = 1;
+/// Largest message body a publish can carry.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Largest `kind + body` a peer may send; anything larger ends the link.
+pub const MAX_FRAME: usize = 2 + MAX_TOPIC + MAX_MESSAGE;
+const LEN: usize = 4;
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const SUB: u8 = 3;
+const SUBACK: u8 = 4;
+const UNSUB: u8 = 5;
+const PUBLISH: u8 = 6;
+const ERROR: u8 = 7;
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Frame<'a> {
+    /// worker → server, first frame: protocol version and shared secret.
+    Hello { version: u8, secret: &'a [u8] },
+    /// server → worker: the hello was accepted.
+    Welcome { version: u8 },
+    Sub(&'a [u8]),
+    /// server → worker: the subscription to this topic is in effect.
+    SubAck(&'a [u8]),
+    Unsub(&'a [u8]),
+    /// Both ways: a worker publishes, the server forwards the same bytes.
+    Publish { topic: &'a [u8], message: &'a [u8] },
+    /// server → worker, just before it closes the link.
+    Error(&'a [u8]),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    TooLarge(usize),
+    UnknownKind(u8),
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the limit of {MAX_FRAME}"),
+            DecodeError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            DecodeError::Malformed(why) => write!(f, "malformed frame: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Frame<'_> {
+    /// The kind byte of a publish frame (the fifth byte of its encoding).
+    pub const PUBLISH_KIND: u8 = PUBLISH;
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            Frame::Hello { version, secret } => put(out, HELLO, &[&[version], secret]),
+            Frame::Welcome { version } => put(out, WELCOME, &[&[version]]),
+            Frame::Sub(t) => put(out, SUB, &[t]),
+            Frame::SubAck(t) => put(out, SUBACK, &[t]),
+            Frame::Unsub(t) => put(out, UNSUB, &[t]),
+            Frame::Publish { topic, message } => {
+                debug_assert!(topic.len() <= MAX_TOPIC);
+                put(out, PUBLISH, &[&[topic.len() as u8], topic, message])
+            }
+            Frame::Error(why) => put(out, ERROR, &[why]),
+        }
+    }
+}
+
+fn put(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.push(kind);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+/// Decodes `kind + body` (the bytes after the length).
+fn decode_body(b: &[u8]) -> Result<Frame<'_>, DecodeError> {
+    let (&kind, body) = b.split_first().ok_or(DecodeError::Malformed("empty frame"))?;
+    let topic = |t: &'_ [u8]| {
+        if t.is_empty() || t.len() > MAX_TOPIC {
+            Err(DecodeError::Malformed("bad topic length"))
+        } else {
+            Ok(())
+        }
+    };
+    Ok(match kind {
+        HELLO => {
+            let (&version, secret) = body.split_first().ok_or(DecodeError::Malformed("hello without version"))?;
+            Frame::Hello { version, secret }
+        }
+        WELCOME => match body {
+            [version] => Frame::Welcome { version: *version },
+            _ => return Err(DecodeError::Malformed("bad welcome")),
+        },
+        SUB | SUBACK | UNSUB => {
+            topic(body)?;
+            match kind {
+                SUB => Frame::Sub(body),
+                SUBACK => Frame::SubAck(body),
+                _ => Frame::Unsub(body),
+            }
+        }
+        PUBLISH => {
+            let (&n, rest) = body.split_first().ok_or(DecodeError::Malformed("publish without topic"))?;
+            let n = n as usize;
+            if rest.len() < n {
+                return Err(DecodeError::Malformed("publish topic overruns frame"));
+            }
+            topic(&rest[..n])?;
+            Frame::Publish { topic: &rest[..n], message: &rest[n..] }
+        }
+        ERROR => Frame::Error(body),
+        k => return Err(DecodeError::UnknownKind(k)),
+    })
+}
+
+/// Input buffer of one link: reads straight from the socket and hands out
+/// whole frames as slices of itself, so forwarding needs no copy.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+impl FrameReader {
+    /// One `read` into free space. `Ok(0)` is end of stream.
+    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                // Empty (a new link) or one frame larger than the buffer: grow,
+                // bounded by MAX_FRAME because `next` rejects longer frames first.
+                self.buf.resize((self.buf.len() * 2).max(READ_CHUNK), 0);
+            }
+        }
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// The next whole frame and its raw bytes (length prefix included), or
+    /// `None` until more input arrives.
+    pub fn next(&mut self) -> Result<Option<(Frame<'_>, &[u8])>, DecodeError> {
+        let data = &self.buf[self.start..self.end];
+        if data.len() < LEN {
+            self.reset_if_empty();
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(data[..LEN].try_into().unwrap()) as usize;
+        if len > MAX_FRAME {
+            return Err(DecodeError::TooLarge(len));
+        }
+        if data.len() < LEN + len {
+            return Ok(None);
+        }
+        let at = self.start;
+        self.start += LEN + len;
+        let raw = &self.buf[at..at + LEN + len];
+        Ok(Some((decode_body(&raw[LEN..])?, raw)))
+    }
+
+    fn reset_if_empty(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `data` to a reader in the given pieces and collects what it decodes.
+    fn decode_all(pieces: &[&[u8]]) -> Result<Vec<String>, DecodeError> {
+        let mut r = FrameReader::default();
+        let mut out = Vec::new();
+        for p in pieces {
+            let mut src: &[u8] = p;
+            while !src.is_empty() {
+                r.read_from(&mut src).unwrap();
+                while let Some((f, raw)) = r.next()? {
+                    let mut again = Vec::new();
+                    f.encode(&mut again);
+                    assert_eq!(again, raw, "raw bytes are the frame's encoding");
+                    out.push(format!("{f:?}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip_split_bytewise() {
+        let frames = [
+            Frame::Hello { version: 1, secret: b"s3cret" },
+            Frame::Welcome { version: 1 },
+            Frame::Sub(b"topic1"),
+            Frame::SubAck(b"topic1"),
+            Frame::Publish { topic: b"topic1", message: b"hello world" },
+            Frame::Publish { topic: b"t", message: b"" },
+            Frame::Unsub(b"topic1"),
+            Frame::Error(b"bye"),
+        ];
+        let mut data = Vec::new();
+        frames.iter().for_each(|f| f.encode(&mut data));
+        let want: Vec<String> = frames.iter().map(|f| format!("{f:?}")).collect();
+        let bytewise: Vec<&[u8]> = data.chunks(1).collect();
+        assert_eq!(decode_all(&bytewise).unwrap(), want);
+        assert_eq!(decode_all(&[&data]).unwrap(), want);
+    }
+
+    #[test]
+    fn large_frame_grows_buffer() {
+        let msg = vec![b'x'; MAX_MESSAGE];
+        let mut data = Vec::new();
+        Frame::Publish { topic: b"t", message: &msg }.encode(&mut data);
+        assert_eq!(decode_all(&[&data]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_frames() {
+        assert_eq!(decode_all(&[&[0xff, 0xff, 0xff, 0xff]]), Err(DecodeError::TooLarge(u32::MAX as usize)));
+        assert_eq!(decode_all(&[&[0, 0, 0, 1, 99]]), Err(DecodeError::UnknownKind(99)));
+        assert!(decode_all(&[&[0, 0, 0, 3, PUBLISH, 5, b'a']]).is_err());
+        assert!(decode_all(&[&[0, 0, 0, 0]]).is_err());
+        assert!(decode_all(&[&[0, 0, 0, 1, SUB]]).is_err());
+    }
+
+    proptest! {
+        // Arbitrary bytes in arbitrary pieces: decoding never panics and gives
+        // the same verdict however the input is split.
+        #[test]
+        fn arbitrary_input(data in proptest::collection::vec(any::<u8>(), 0..400), cut in any::<usize>()) {
+            let cut = cut % (data.len() + 1);
+            let whole = decode_all(&[&data]);
+            let split = decode_all(&[&data[..cut], &data[cut..]]);
+            prop_assert_eq!(whole, split);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! A worker's one connection to the channel server: reconnects with backoff,
+//! buffers publishes (bounded) while it is down, and hands out the frames the
+//! channel server sends.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+
+use super::event_loop::SERVICE;
+use crate::protocol::frame::{Frame, FrameReader, VERSION};
+
+pub const TOKEN: mio::Token = SERVICE;
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Down { retry_at: Instant },
+    Connecting,
+    Up,
+}
+
+pub struct Link {
+    addr: SocketAddr,
+    secret: Vec<u8>,
+    stream: Option<TcpStream>,
+    pub state: State,
+    /// Whole frames; `out[sent..]` is not written yet.
+    out: Vec<u8>,
+    sent: usize,
+    pub reader: FrameReader,
+    backoff: Duration,
+    max_buffer: usize,
+    /// Publishes lost in the kernel or half-written when a link broke.
+    pub lost: u64,
+    warned: bool,
+}
+
+impl Link {
+    pub fn new(addr: SocketAddr, secret: Vec<u8>, max_buffer: usize) -> Link {
+        Link {
+            addr,
+            secret,
+            stream: None,
+            state: State::Down { retry_at: Instant::now() },
+            out: Vec::new(),
+            sent: 0,
+            reader: FrameReader::default(),
+            backoff: MIN_BACKOFF,
+            max_buffer,
+            lost: 0,
+            warned: false,
+        }
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Down { .. } => "down",
+            State::Connecting => "connecting",
+            State::Up => "up",
+        }
+    }
+
+    /// More publishes are buffered than allowed: stop reading from publishers.
+    pub fn congested(&self) -> bool {
+        self.out.len() - self.sent > self.max_buffer
+    }
+
+    pub fn unsent(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Queues a publish; it waits in the buffer while the link is down.
+    pub fn publish(&mut self, topic: &[u8], message: &[u8]) {
+        Frame::Publish { topic, message }.encode(&mut self.out);
+    }
+
+    /// Queues SUB/UNSUB. Skipped while down: `connect` subscribes afresh.
+    pub fn control(&mut self, frame: Frame<'_>) {
+        if self.stream.is_some() {
+            frame.encode(&mut self.out);
+        }
+    }
+
+    /// Whether the link is down and its retry time has come.
+    pub fn due(&self) -> bool {
+        matches!(self.state, State::Down { retry_at } if retry_at <= Instant::now())
+    }
+
+    /// Connects, queueing the hello and a SUB for each topic ahead of the
+    /// buffered publishes.
+    pub fn connect(&mut self, reg: &Registry, topics: &[&[u8]]) {
+        let mut stream = match TcpStream::connect(self.addr) {
+            Ok(s) => s,
+            Err(e) => return self.down(reg, &format!("cannot connect: {e}")),
+        };
+        if let Err(e) = reg.register(&mut stream, TOKEN, Interest::READABLE | Interest::WRITABLE) {
+            return self.down(reg, &format!("cannot register: {e}"));
+        }
+        let mut head = Vec::new();
+        Frame::Hello { version: VERSION, secret: &self.secret }.encode(&mut head);
+        for topic in topics {
+            Frame::Sub(topic).encode(&mut head);
+        }
+        self.out.splice(..0, head);
+        self.stream = Some(stream);
+        self.reader = FrameReader::default();
+        self.state = State::Connecting;
+    }
+
+    /// The socket reported writable: a connect has finished (or failed).
+    pub fn on_writable(&mut self, reg: &Registry) {
+        if self.state == State::Connecting {
+            let Some(stream) = &self.stream else { return };
+            match stream.take_error() {
+                Ok(None) if stream.peer_addr().is_ok() => self.state = State::Up,
+                Ok(None) => return, // not connected yet: a spurious event
+                Ok(Some(e)) | Err(e) => return self.down(reg, &format!("cannot connect: {e}")),
+            }
+        }
+        self.flush(reg);
+    }
+
+    /// The channel server accepted our hello.
+    pub fn welcomed(&mut self) {
+        info!("channel link up ({})", self.addr);
+        self.backoff = MIN_BACKOFF;
+        self.warned = false;
+    }
+
+    pub fn read(&mut self) -> io::Result<usize> {
+        match &mut self.stream {
+            Some(s) if self.state == State::Up => self.reader.read_from(s),
+            _ => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    pub fn flush(&mut self, reg: &Registry) {
+        if self.state != State::Up {
+            return;
+        }
+        let Some(stream) = &mut self.stream else { return };
+        while self.sent < self.out.len() {
+            match stream.write(&self.out[self.sent..]) {
+                Ok(0) => return self.down(reg, "connection closed"),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.down(reg, &format!("write failed: {e}")),
+            }
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+            if self.out.capacity() > 4 * self.max_buffer.min(1 << 20) {
+                self.out = Vec::new();
+            }
+        } else if self.sent > self.out.len() / 2 {
+            self.out.drain(..self.sent);
+            self.sent = 0;
+        }
+    }
+
+    /// Drops the connection and schedules a reconnect. Publishes not yet
+    /// written stay buffered; a frame cut in half cannot be resent and is lost.
+    pub fn down(&mut self, reg: &Registry, why: &str) {
+        if let Some(mut s) = self.stream.take() {
+            let _ = reg.deregister(&mut s);
+        }
+        if !self.warned {
+            warn!("channel link to {} down: {why}; reconnecting", self.addr);
+            self.warned = true;
+        }
+        self.keep_unsent_publishes();
+        self.state = State::Down { retry_at: Instant::now() + self.backoff };
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn keep_unsent_publishes(&mut self) {
+        let mut kept = Vec::with_capacity(self.out.len() - self.sent);
+        let mut at = 0;
+        while at + 5 <= self.out.len() {
+            let len = u32::from_be_bytes(self.out[at..at + 4].try_into().unwrap()) as usize;
+            let end = at + 4 + len;
+            let is_publish = self.out[at + 4] == Frame::PUBLISH_KIND;
+            if at >= self.sent && is_publish {
+                kept.extend_from_slice(&self.out[at..end]);
+            } else if at < self.sent && self.sent < end && is_publish {
+                self.lost += 1;
+            }
+            at = end;
+        }
+        self.out = kept;
+        self.sent = 0;
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Down { retry_at } => Some(retry_at),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! A worker process: the event loop, and the pub/sub service that the data
+//! source and subscriber servers run in it.
+
+pub mod client;
+pub mod event_loop;
+pub mod link;
+pub mod pubsub;
+pub mod send_queue;
+pub mod topics;
+
+use std::os::fd::{AsFd, FromRawFd, RawFd};
+use std::process::ExitCode;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{load_secret, Config, Role};
+
+/// Environment variable that makes a process a worker; set by the master.
+pub const ENV: &str = "FANOUT_WORKER";
+
+#[derive(Serialize, Deserialize)]
+pub struct WorkerEnv {
+    pub listen_fd: RawFd,
+    pub master_fd: RawFd,
+    pub slot: usize,
+    pub config: Config,
+}
+
+/// Runs this process as a worker if the master started it as one.
+pub fn run_from_env() -> Option<ExitCode> {
+    let text = std::env::var(ENV).ok()?;
+    let env: WorkerEnv = match serde_json::from_str(&text) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("{ENV} is set but invalid ({e}); it is for the master's use only");
+            return Some(ExitCode::FAILURE);
+        }
+    };
+    crate::app::init_logging(&env.config.name, &format!("worker {}", env.slot));
+    // SAFETY: the master passed these descriptors to this process across exec,
+    // named them in ENV, and nothing else in this process owns them.
+    let (listener, master) = unsafe {
+        (
+            std::net::TcpListener::from_raw_fd(env.listen_fd),
+            std::os::unix::net::UnixStream::from_raw_fd(env.master_fd),
+        )
+    };
+    // Our own children (none today) must not inherit them.
+    for fd in [listener.as_fd(), master.as_fd()] {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    }
+    let cfg = env.config;
+    Some(match cfg.role {
+        Role::PubSub(ref p) => {
+            let secret = match load_secret(p.secret_file.as_ref()) {
+                Ok(s) => s.unwrap_or_default(),
+                Err(e) => {
+                    log::error!("{e}");
+                    return Some(ExitCode::FAILURE);
+                }
+            };
+            let svc = pubsub::PubSub::new(&cfg.title, p.clone(), secret);
+            event_loop::run(listener, master, cfg.max_connections, svc)
+        }
+        Role::Channel(ref c) => {
+            let secret = match load_secret(c.secret_file.as_ref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("{e}");
+                    return Some(ExitCode::FAILURE);
+                }
+            };
+            let svc = crate::channel::ChannelServer::new(c.clone(), secret);
+            event_loop::run(listener, master, cfg.max_connections, svc)
+        }
+    })
+}
