@@ -75,13 +75,8 @@ fn start<E: RoleArgs>(spec: &Spec, start: &Start<E>) -> Result<ExitCode, String>
         ));
     }
     if start.daemon {
-        let pid = daemon::spawn(&cfg)?;
-        println!(
-            "{} started as a daemon (master pid {pid}), listening on {}; log: {}",
-            spec.name,
-            cfg.listen,
-            cfg.log_file.display()
-        );
+        let (pid, addr) = daemon::spawn(&cfg)?;
+        println!("{} started as a daemon (master pid {pid}), listening on {addr}; log: {}", spec.name, cfg.log_file.display());
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(spec.name, "master");
@@ -110,12 +105,14 @@ fn run_daemon(spec: &Spec, text: &str) -> ExitCode {
 }
 
 /// Runs the master in this process until it stops.
-fn serve(cfg: Config, ready: Option<OwnedFd>) -> Result<ExitCode, String> {
+fn serve(mut cfg: Config, ready: Option<OwnedFd>) -> Result<ExitCode, String> {
     raise_fd_limit();
     let pid_file = PidFile::acquire(&cfg.pid_file)?;
     let listener = TcpListener::bind(cfg.listen).map_err(|e| {
         format!("cannot listen on {}: {e}; is another server on that port? pass --listen to choose another", cfg.listen)
     })?;
+    // With port 0 the kernel picks one: report the real address.
+    cfg.listen = listener.local_addr().map_err(|e| e.to_string())?;
     Ok(Master::new(cfg, listener, pid_file, ready)?.run())
 }
 
@@ -153,6 +150,7 @@ fn stop(spec: &Spec, stop: &Stop) -> Result<ExitCode, String> {
         println!("{} is not running (no live master holds {})", spec.name, pid_file.display());
         return Ok(ExitCode::SUCCESS);
     }
+    let master = pidfile::read_pid(&pid_file).ok().flatten();
     let req = Request::Stop { graceful: stop.graceful, timeout_secs: stop.timeout };
     // The master kills what is left at the timeout; allow it time to do so.
     let wait = Duration::from_secs(stop.timeout + 15);
@@ -161,11 +159,32 @@ fn stop(spec: &Spec, stop: &Stop) -> Result<ExitCode, String> {
         Ok(other) => return Err(format!("unexpected reply: {other:?}")),
         Err(e) => return Err(format!("cannot reach the master ({e}); is it hung? try `kill -9` on the pid in {}", pid_file.display())),
     }
-    if pidfile::is_locked(&pid_file) {
+    // The socket closes as the master exits; wait until it is really gone.
+    if pidfile::is_locked(&pid_file) || !master.is_none_or(|pid| wait_gone(pid, Duration::from_secs(5))) {
         return Err("the master did not exit in time".into());
     }
     println!("{} stopped", spec.name);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until a process (not our child) has exited; /proc is polled because
+/// there is no event to wait on for it.
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // A zombie has exited; only its parent's reaping is left.
+            Ok(stat) => stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')),
+            Err(_) => true,
+        };
+        if gone {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn reload(spec: &Spec, target: &Target) -> Result<ExitCode, String> {

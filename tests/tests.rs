@@ -1,1 +1,8 @@
+//! Integration tests: the real binaries, started as separate processes on
+//! ephemeral loopback ports, driven over TCP as telnet would.
 
+mod errors;
+mod fanout;
+mod lifecycle;
+mod session;
+mod support;

@@ -20,8 +20,9 @@ pub struct DaemonEnv {
     pub config: Config,
 }
 
-/// Parent side: starts the detached master and waits for its verdict.
-pub fn spawn(cfg: &Config) -> Result<u32, String> {
+/// Parent side: starts the detached master and waits for its verdict: the
+/// master's pid and the address it listens on.
+pub fn spawn(cfg: &Config) -> Result<(u32, String), String> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -43,10 +44,10 @@ pub fn spawn(cfg: &Config) -> Result<u32, String> {
     drop(write);
     let mut line = String::new();
     let _ = BufReader::new(std::fs::File::from(read)).read_line(&mut line);
-    match line.trim_end() {
-        "ok" => Ok(child.id()),
-        "" => Err(format!("the server exited while starting; see {}", cfg.log_file.display())),
-        why => Err(why.to_owned()),
+    match line.trim_end().split_once(' ') {
+        Some(("ok", addr)) => Ok((child.id(), addr.to_owned())),
+        _ if line.is_empty() => Err(format!("the server exited while starting; see {}", cfg.log_file.display())),
+        _ => Err(line.trim_end().to_owned()),
     }
 }
 

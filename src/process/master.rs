@@ -104,6 +104,9 @@ struct Query {
 }
 
 pub struct Master {
+    /// First field, so it is dropped (unlocked and removed) before the control
+    /// sockets close: a `stop` waiting for EOF then finds the server gone.
+    _pid_file: PidFile,
     cfg: Config,
     exe: PathBuf,
     poll: Poll,
@@ -120,7 +123,6 @@ pub struct Master {
     /// Daemon start: written once every worker is ready, then dropped.
     ready_pipe: Option<OwnedFd>,
     started: Instant,
-    _pid_file: PidFile,
 }
 
 impl Master {
@@ -146,6 +148,7 @@ impl Master {
             .map_err(|e| format!("cannot register with poll: {e}"))?;
         let count = cfg.count;
         Ok(Master {
+            _pid_file: pid_file,
             cfg,
             exe,
             poll,
@@ -161,7 +164,6 @@ impl Master {
             queued: VecDeque::new(),
             ready_pipe,
             started: Instant::now(),
-            _pid_file: pid_file,
         })
     }
 
@@ -283,7 +285,7 @@ impl Master {
                 if self.workers.len() == self.cfg.count && self.workers.iter().all(|(_, w)| w.ready) {
                     self.mode = Mode::Running;
                     if let Some(pipe) = self.ready_pipe.take() {
-                        let _ = nix::unistd::write(&pipe, b"ok\n");
+                        let _ = nix::unistd::write(&pipe, format!("ok {}\n", self.cfg.listen).as_bytes());
                     }
                 }
             }
@@ -572,7 +574,8 @@ impl Master {
                 Request::Stop { graceful, timeout_secs } => {
                     self.clients[key].hold = true;
                     self.reply(key, &Reply::Stopping);
-                    self.start_stop(graceful, Duration::from_secs(timeout_secs));
+                    let timeout = Duration::from_secs(timeout_secs);
+                    self.start_stop(graceful, if graceful { timeout } else { timeout.min(KILL_TIMEOUT) });
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! The master's signals, read from a signalfd inside its event loop: no
 //! handler code runs asynchronously, so there is nothing `unsafe` to get wrong.
 //!
-//! The signals are blocked in the master; `std::process::Command` gives every
-//! child an empty signal mask, so workers keep the default dispositions.
+//! The signals are blocked in the master; the mask is inherited across exec,
+//! so a worker clears it first thing (see `worker::run_from_env`).
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};

@@ -40,7 +40,7 @@ impl<'a> Topics<'a> {
         self.iter().next().is_none()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> {
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + Clone {
         self.0.split(|b| is_space(*b)).filter(|t| !t.is_empty())
     }
 }

@@ -1,5 +1,6 @@
 //! One client connection of a pub/sub worker.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
@@ -21,6 +22,15 @@ pub struct Client {
     pub closing: bool,
     /// Waiting in the flush list.
     pub dirty: bool,
+    /// Replies held back behind a subscription that the channel server has not
+    /// confirmed yet, so that replies come in the order of the commands.
+    pub held: VecDeque<Held>,
+}
+
+pub enum Held {
+    /// The `OK subscribed` of this topic goes here once it is confirmed.
+    Subscription(TopicId),
+    Text(Vec<u8>),
 }
 
 impl Client {
@@ -36,6 +46,7 @@ impl Client {
             bytes_out: 0,
             closing: false,
             dirty: false,
+            held: VecDeque::new(),
         }
     }
 }

@@ -37,6 +37,13 @@ pub fn run_from_env() -> Option<ExitCode> {
         }
     };
     crate::app::init_logging(&env.config.name, &format!("worker {}", env.slot));
+    // The master blocks the signals it reads from a signalfd, and the mask
+    // survives exec: give the worker the default behaviour (TERM ends it).
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     // SAFETY: the master passed these descriptors to this process across exec,
     // named them in ENV, and nothing else in this process owns them.
     let (listener, master) = unsafe {

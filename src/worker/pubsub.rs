@@ -13,7 +13,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use super::client::Client;
+use super::client::{Client, Held};
 use super::event_loop::Service;
 use super::link::{self, Link};
 use super::topics::{Remote, TopicId, Topics};
@@ -51,9 +51,47 @@ struct Clients {
 }
 
 impl Clients {
+    /// Queues a reply, behind any reply still held for a subscription.
     fn reply(&mut self, key: usize, parts: &[&[u8]]) {
         let c = &mut self.slab[key];
-        c.out.push_bytes(parts);
+        if c.held.is_empty() {
+            c.out.push_bytes(parts);
+            return mark_dirty(&mut self.dirty, c, key);
+        }
+        if let Some(Held::Text(t)) = c.held.back_mut() {
+            parts.iter().for_each(|p| t.extend_from_slice(p));
+        } else {
+            c.held.push_back(Held::Text(parts.concat()));
+        }
+        // Held text counts against the send queue limit like queued text.
+        let held: usize = c.held.iter().map(|h| if let Held::Text(t) = h { t.len() } else { 0 }).sum();
+        if held > self.max_send_queue {
+            warn!("{} sent commands faster than they could be answered: disconnecting", c.peer);
+            c.held.clear();
+            c.out.push_bytes(&[b"ERR too many commands waiting for a reply; disconnecting\n"]);
+            c.closing = true;
+            mark_dirty(&mut self.dirty, c, key);
+        }
+    }
+
+    /// Holds the client's next replies until `topic` is confirmed.
+    fn hold(&mut self, key: usize, topic: TopicId) {
+        self.slab[key].held.push_back(Held::Subscription(topic));
+    }
+
+    /// Puts `OK subscribed` in the place held for it and releases what follows.
+    fn confirm(&mut self, key: usize, topic: TopicId, name: &[u8]) {
+        let c = &mut self.slab[key];
+        for h in c.held.iter_mut() {
+            if matches!(h, Held::Subscription(t) if *t == topic) {
+                *h = Held::Text([b"OK subscribed ", name, b"\n"].concat());
+                break;
+            }
+        }
+        while let Some(Held::Text(_)) = c.held.front() {
+            let Some(Held::Text(t)) = c.held.pop_front() else { unreachable!() };
+            c.out.push_bytes(&[&t]);
+        }
         mark_dirty(&mut self.dirty, c, key);
     }
 
@@ -243,16 +281,18 @@ impl PubSub {
         self.clients.counters.msgs_in += 1;
     }
 
-    fn subscribe<'a>(&mut self, key: usize, names: impl Iterator<Item = &'a [u8]>) {
+    fn subscribe<'a>(&mut self, key: usize, names: impl Iterator<Item = &'a [u8]> + Clone) {
+        let c = &self.clients.slab[key];
+        let has = |name: &[u8]| c.topics.iter().any(|id| *self.topics.get(*id).name == *name);
+        let new = names.clone().filter(|n| !has(n)).count();
+        if c.topics.len() + new > MAX_SUBSCRIPTIONS {
+            let msg = format!("too many subscriptions (max {MAX_SUBSCRIPTIONS} per connection)");
+            return self.clients.error(key, &msg);
+        }
         for name in names {
-            let c = &self.clients.slab[key];
-            if c.topics.iter().any(|id| *self.topics.get(*id).name == *name) {
+            if self.clients.slab[key].topics.iter().any(|id| *self.topics.get(*id).name == *name) {
                 self.clients.reply(key, &[b"OK subscribed ", name, b"\n"]);
                 continue;
-            }
-            if c.topics.len() >= MAX_SUBSCRIPTIONS {
-                let msg = format!("too many subscriptions (max {MAX_SUBSCRIPTIONS} per connection)");
-                return self.clients.error(key, &msg);
             }
             let (id, confirmed, remote) = self.topics.subscribe(name, key);
             self.clients.slab[key].topics.push(id);
@@ -261,6 +301,8 @@ impl PubSub {
             }
             if confirmed {
                 self.clients.reply(key, &[b"OK subscribed ", name, b"\n"]);
+            } else {
+                self.clients.hold(key, id);
             }
         }
     }
@@ -274,6 +316,8 @@ impl PubSub {
                 continue;
             };
             let id = c.topics.swap_remove(pos);
+            // Still unconfirmed: its OK goes out now, before the unsubscribe's.
+            self.clients.confirm(key, id, name);
             self.leave(id, key);
             self.clients.reply(key, &[b"OK unsubscribed ", name, b"\n"]);
         }
@@ -335,9 +379,9 @@ impl PubSub {
                 Frame::SubAck(topic) => {
                     // Subscribers confirmed now must not get lines from before.
                     deliver_batches(topics, touched, clients);
-                    if let Some((_, confirmed)) = topics.acknowledge(topic) {
+                    if let Some((id, confirmed)) = topics.acknowledge(topic) {
                         for key in confirmed {
-                            clients.reply(key, &[b"OK subscribed ", topic, b"\n"]);
+                            clients.confirm(key, id, topic);
                         }
                     }
                 }

@@ -1,0 +1,242 @@
+//! Process management: respawn, reload, stop, channel restart, start errors.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::*;
+
+#[test]
+fn killed_worker_is_respawned_and_others_keep_serving() {
+    let c = Cluster::start(1, 2);
+    let mut survivor = c.subscriber.connect();
+    survivor.subscribe(&["topic1"]);
+    let conns: serde_json::Value =
+        serde_json::from_slice(&c.subscriber.cmd("connections", &["--json"]).stdout).unwrap();
+    let survivor_pid = conns[0]["worker_pid"].as_i64().unwrap() as i32;
+    let before = c.subscriber.worker_pids();
+    let victim = *before.iter().find(|p| **p != survivor_pid).unwrap();
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let s = c.subscriber.wait_status("a respawned worker", |s| {
+        let w = s["workers"].as_array().unwrap();
+        w.len() == 2 && w.iter().all(|w| w["pid"] != victim && w["state"] == "running")
+    });
+    assert!(s["workers"].as_array().unwrap().iter().any(|w| w["restarts"] == 1));
+    let mut p = c.source.connect();
+    p.send("publish still here");
+    survivor.expect("Received [topic1]: still here");
+    // New clients are served at once.
+    let mut fresh = c.subscriber.connect();
+    fresh.barrier();
+    c.stop();
+}
+
+#[test]
+fn reload_replaces_workers_and_refuses_no_connection() {
+    let c = Cluster::start(2, 2);
+    let before = c.source.worker_pids();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = c.source.addr.clone();
+    let flag = stop.clone();
+    // A stream of new connections during the reload: every one must be served.
+    let prober = std::thread::spawn(move || {
+        let mut served = 0;
+        while !flag.load(Ordering::Relaxed) {
+            let mut cl = Client::connect(&addr);
+            cl.barrier();
+            served += 1;
+        }
+        served
+    });
+    let out = c.source.cmd("reload", &[]);
+    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let served = prober.join().expect("no connection refused or unanswered");
+    assert!(served > 0);
+    let after = c.source.worker_pids();
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|p| !before.contains(p)), "old workers {before:?} still there: {after:?}");
+    for p in before {
+        assert!(!alive(p), "replaced worker {p} still running");
+    }
+    // The new workers work.
+    c.source.wait_linked();
+    let mut sub = c.subscriber.connect();
+    sub.subscribe(&["topic1"]);
+    c.source.connect().send("publish after reload");
+    sub.expect("Received [topic1]: after reload");
+    c.stop();
+}
+
+#[test]
+fn channel_server_restart_resubscribes_automatically() {
+    let c = Cluster::start(1, 1);
+    let mut sub = c.subscriber.connect();
+    sub.subscribe(&["topic1"]);
+    let addr = c.channel.addr.clone();
+    let dir = c.dir.path().to_owned();
+    let Cluster { dir: tmp, channel, source, subscriber } = c;
+    channel.stop(&[]);
+    subscriber.wait_status("link down", |s| s["workers"][0]["link"] != "up");
+    let channel = Server::start_on("channel-server", &dir, &addr, &[]);
+    subscriber.wait_linked();
+    source.wait_linked();
+    // The worker re-subscribes by itself; nothing is typed by the client.
+    let mut p = source.connect();
+    let deadline = Instant::now() + WAIT;
+    let mut i = 0;
+    loop {
+        p.send(&format!("publish again {i}"));
+        sub.stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        if let Some(line) = sub.try_line() {
+            assert!(line.starts_with("Received [topic1]: again"), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery after the channel server came back");
+        i += 1;
+    }
+    source.stop(&[]);
+    subscriber.stop(&[]);
+    channel.stop(&[]);
+    drop(tmp);
+}
+
+#[test]
+fn publishes_while_channel_is_down_are_delivered_after_it_returns() {
+    let c = Cluster::start(1, 1);
+    let mut sub = c.subscriber.connect();
+    sub.subscribe(&["topic1"]);
+    let addr = c.channel.addr.clone();
+    let dir = c.dir.path().to_owned();
+    let Cluster { dir: tmp, channel, source, subscriber } = c;
+    channel.stop(&[]);
+    source.wait_status("link down", |s| s["workers"][0]["link"] != "up");
+    let mut p = source.connect();
+    for i in 0..100 {
+        p.send(&format!("publish buffered {i}"));
+    }
+    p.barrier();
+    let channel = Server::start_on("channel-server", &dir, &addr, &[]);
+    // The data-source buffered the publishes, but the subscriber worker must
+    // be subscribed again before they arrive to be delivered: wait for both.
+    subscriber.wait_linked();
+    let _ = source.status();
+    let mut got = Vec::new();
+    sub.stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    while let Some(line) = sub.try_line() {
+        got.push(line);
+        if got.len() == 100 {
+            break;
+        }
+    }
+    // Ordering between the two workers' reconnections is not controlled here;
+    // what arrives must be in order and without duplicates.
+    let nums: Vec<usize> = got.iter().map(|l| l.rsplit(' ').next().unwrap().parse().unwrap()).collect();
+    assert!(nums.windows(2).all(|w| w[0] < w[1]), "out of order: {nums:?}");
+    source.stop(&[]);
+    subscriber.stop(&[]);
+    channel.stop(&[]);
+    drop(tmp);
+}
+
+#[test]
+fn graceful_stop_delivers_and_leaves_nothing() {
+    let c = Cluster::start(2, 1);
+    let mut sub = c.subscriber.connect();
+    sub.subscribe(&["topic1"]);
+    c.source.connect().send("publish last words");
+    sub.expect("Received [topic1]: last words");
+    let started = Instant::now();
+    let Cluster { dir: _dir, channel, source, subscriber } = c;
+    subscriber.stop(&["-g", "--timeout", "10"]);
+    assert!(sub.closed(), "graceful stop closes client connections");
+    source.stop(&["-g"]);
+    channel.stop(&["-g"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn second_start_is_refused_and_stop_when_stopped_is_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let ch = Server::start("channel-server", dir.path(), &[]);
+    let out = cli("channel-server", &["start", "-d", "--listen", "127.0.0.1:0", "--pid-file", ch.pid_file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    let pid_file = ch.pid_file.clone();
+    ch.stop(&[]);
+    let out = cli("channel-server", &["stop", "--pid-file", pid_file.to_str().unwrap()]);
+    assert!(out.status.success());
+    let out = cli("channel-server", &["status", "--pid-file", pid_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn start_errors_are_reported_with_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let pid = dir.path().join("x.pid");
+    let out = cli("subscriber", &["start", "-d", "--listen", &addr, "--pid-file", pid.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"), "{out:?}");
+    // The channel port is not opened to the network without a secret.
+    let out = cli("channel-server", &["start", "--listen", "0.0.0.0:0", "--pid-file", pid.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a secret"));
+    let out = cli("subscriber", &["start", "--count", "0"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn foreground_master_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("fg.pid");
+    let mut child = Command::new(bin("channel-server"))
+        .args(["start", "--listen", "127.0.0.1:0", "--pid-file", pid_file.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let guard = Server { name: "channel-server", pid_file: pid_file.clone(), log_file: dir.path().join("none"), addr: String::new(), master: child.id() as i32 };
+    let deadline = Instant::now() + WAIT;
+    while !pid_file.exists() || guard.cmd("status", &[]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "foreground server did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let workers = guard.worker_pids();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    for w in workers {
+        assert!(!alive(w));
+    }
+    assert!(!pid_file.exists());
+}
+
+#[test]
+fn channel_secret_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    let ch = Server::start("channel-server", dir.path(), &["--secret-file", secret.to_str().unwrap()]);
+    let good = Server::start("subscriber", dir.path(), &["--channel", &ch.addr, "--secret-file", secret.to_str().unwrap()]);
+    good.wait_linked();
+    let bad = Server::start("data-source", dir.path(), &["--channel", &ch.addr, "--count", "1", "--secret-file", wrong.to_str().unwrap()]);
+    let deadline = Instant::now() + WAIT;
+    while !ch.log().contains("wrong secret") {
+        assert!(Instant::now() < deadline, "the channel server did not refuse the wrong secret");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(bad.status()["workers"][0]["link"], "up");
+    bad.stop(&[]);
+    good.stop(&[]);
+    ch.stop(&[]);
+}

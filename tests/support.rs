@@ -1,0 +1,248 @@
+//! Starting servers, talking to them, and always stopping what was started.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn bin(name: &str) -> &'static str {
+    match name {
+        "channel-server" => env!("CARGO_BIN_EXE_channel-server"),
+        "data-source" => env!("CARGO_BIN_EXE_data-source"),
+        "subscriber" => env!("CARGO_BIN_EXE_subscriber"),
+        _ => panic!("no binary {name}"),
+    }
+}
+
+/// Runs one CLI command of a server binary and returns its output.
+pub fn cli(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name)).args(args).env("RUST_LOG", "debug").output().expect("run the binary")
+}
+
+/// A daemonised server instance. Dropping it kills its whole process group
+/// (the master is a session leader and its workers share its group), so a
+/// failing test leaves nothing behind.
+pub struct Server {
+    pub name: &'static str,
+    pub pid_file: PathBuf,
+    pub log_file: PathBuf,
+    pub addr: String,
+    pub master: i32,
+}
+
+impl Server {
+    /// `<name> start -d --listen 127.0.0.1:0 …` in `dir`.
+    pub fn start(name: &'static str, dir: &Path, extra: &[&str]) -> Server {
+        Self::start_on(name, dir, "127.0.0.1:0", extra)
+    }
+
+    pub fn start_on(name: &'static str, dir: &Path, listen: &str, extra: &[&str]) -> Server {
+        let pid_file = dir.join(format!("{name}.pid"));
+        let log_file = dir.join(format!("{name}.log"));
+        let mut args = vec!["start", "-d", "--listen", listen];
+        let (p, l) = (pid_file.to_str().unwrap(), log_file.to_str().unwrap());
+        args.extend(["--pid-file", p, "--log-file", l]);
+        args.extend(extra);
+        let out = cli(name, &args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name} start failed: {stdout}{}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log_file).unwrap_or_default()
+        );
+        let addr = stdout.split("listening on ").nth(1).and_then(|s| s.split(';').next()).expect("address").to_owned();
+        let master = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        Server { name, pid_file, log_file, addr, master }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Runs a subcommand against this instance.
+    pub fn cmd(&self, sub: &str, extra: &[&str]) -> Output {
+        let mut args = vec![sub, "--pid-file", self.pid_file.to_str().unwrap()];
+        args.extend(extra);
+        cli(self.name, &args)
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.cmd("status", &["--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let s = self.status();
+        s["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap() as i32).collect()
+    }
+
+    /// Polls `status` until `ok` holds for it (bounded by WAIT).
+    pub fn wait_status(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.status();
+            if ok(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {s}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every worker's channel link is up.
+    pub fn wait_linked(&self) {
+        self.wait_status("channel links up", |s| {
+            s["workers"].as_array().unwrap().iter().all(|w| w["link"] == "up")
+        });
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    /// `stop` and check that every process is gone.
+    pub fn stop(self, extra: &[&str]) {
+        let mut pids = self.worker_pids();
+        pids.push(self.master);
+        let out = self.cmd("stop", extra);
+        assert!(out.status.success(), "stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        for pid in pids {
+            assert!(
+                !alive(pid),
+                "process {pid} of {} outlived stop: {:?} {:?}",
+                self.name,
+                std::fs::read_to_string(format!("/proc/{pid}/stat")),
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            );
+        }
+        assert!(!self.pid_file.exists(), "pid file left behind");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if alive(self.master) {
+            // SIGKILL the group: the master is a session (and group) leader.
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.master), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); it counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The three servers wired together.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub channel: Server,
+    pub source: Server,
+    pub subscriber: Server,
+}
+
+impl Cluster {
+    pub fn start(sources: usize, subscribers: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = Server::start("channel-server", dir.path(), &[]);
+        let ch = channel.addr.clone();
+        let (n, m) = (sources.to_string(), subscribers.to_string());
+        let source = Server::start("data-source", dir.path(), &["--channel", &ch, "--count", &n]);
+        let subscriber = Server::start("subscriber", dir.path(), &["--channel", &ch, "--count", &m]);
+        source.wait_linked();
+        subscriber.wait_linked();
+        Cluster { dir, channel, source, subscriber }
+    }
+
+    pub fn stop(self) {
+        self.source.stop(&[]);
+        self.subscriber.stop(&[]);
+        self.channel.stop(&[]);
+    }
+}
+
+/// A telnet-like client: writes lines, reads lines, every read bounded.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl Client {
+    /// Connects and reads the welcome line.
+    pub fn connect(addr: &str) -> Client {
+        let mut c = Self::connect_raw(addr);
+        let welcome = c.line();
+        assert!(welcome.starts_with("Welcome to "), "unexpected welcome: {welcome:?}");
+        c
+    }
+
+    pub fn connect_raw(addr: &str) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Client { reader: BufReader::new(stream.try_clone().unwrap()), stream }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.send_bytes(format!("{line}\r\n").as_bytes());
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next line, without its newline. Panics on timeout or EOF.
+    pub fn line(&mut self) -> String {
+        self.try_line().expect("a line before the timeout")
+    }
+
+    pub fn try_line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                assert_eq!(buf.pop(), Some(b'\n'));
+                Some(String::from_utf8_lossy(&buf).into_owned())
+            }
+        }
+    }
+
+    pub fn expect(&mut self, want: &str) {
+        let got = self.line();
+        assert_eq!(got, want);
+    }
+
+    /// Subscribes and waits for the confirmation of each topic.
+    pub fn subscribe(&mut self, topics: &[&str]) {
+        self.send(&format!("subscribe {}", topics.join(" ")));
+        for t in topics {
+            self.expect(&format!("OK subscribed {t}"));
+        }
+    }
+
+    /// A round trip: every line sent before has been handled by the server.
+    pub fn barrier(&mut self) {
+        self.send("ping");
+        self.expect("PONG");
+    }
+
+    /// Whether the server has closed the connection (EOF within the timeout).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(std::io::Read::read_to_end(&mut self.reader, &mut rest), Ok(_))
+    }
+}
