@@ -4,5 +4,6 @@
 mod errors;
 mod fanout;
 mod lifecycle;
+mod robustness;
 mod session;
 mod support;

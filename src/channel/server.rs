@@ -125,7 +125,7 @@ impl ChannelServer {
     }
 
     fn on_frames(&mut self, key: usize, reader: &mut FrameReader) -> Result<(), String> {
-        while let Some((frame, raw)) = reader.next().map_err(|e| e.to_string())? {
+        while let Some((frame, raw)) = reader.next_frame().map_err(|e| e.to_string())? {
             if !self.peers[key].authed {
                 match frame {
                     Frame::Hello { version, secret } => self.hello(key, version, secret)?,

@@ -162,7 +162,7 @@ impl FrameReader {
 
     /// The next whole frame and its raw bytes (length prefix included), or
     /// `None` until more input arrives.
-    pub fn next(&mut self) -> Result<Option<(Frame<'_>, &[u8])>, DecodeError> {
+    pub fn next_frame(&mut self) -> Result<Option<(Frame<'_>, &[u8])>, DecodeError> {
         let data = &self.buf[self.start..self.end];
         if data.len() < LEN {
             self.reset_if_empty();
@@ -202,7 +202,7 @@ mod tests {
             let mut src: &[u8] = p;
             while !src.is_empty() {
                 r.read_from(&mut src).unwrap();
-                while let Some((f, raw)) = r.next()? {
+                while let Some((f, raw)) = r.next_frame()? {
                     let mut again = Vec::new();
                     f.encode(&mut again);
                     assert_eq!(again, raw, "raw bytes are the frame's encoding");

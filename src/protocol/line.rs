@@ -149,7 +149,7 @@ mod tests {
         fn arbitrary_bytes_split_anywhere(data in proptest::collection::vec(any::<u8>(), 0..600),
                                           cuts in proptest::collection::vec(any::<usize>(), 0..8),
                                           max in 1usize..64) {
-            let (whole, _) = run(&[data.clone()], max);
+            let (whole, _) = run(std::slice::from_ref(&data), max);
             let (pieces, _) = run(&split(&data, &cuts), max);
             prop_assert_eq!(whole, pieces);
         }

@@ -356,7 +356,7 @@ impl PubSub {
     fn on_frames(&mut self) -> Result<(), String> {
         let PubSub { link, topics, touched, clients, .. } = self;
         loop {
-            let frame = match link.reader.next() {
+            let frame = match link.reader.next_frame() {
                 Ok(Some((frame, _))) => frame,
                 Ok(None) => break,
                 Err(e) => return Err(format!("bad frame from the channel server: {e}")),

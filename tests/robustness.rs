@@ -1,0 +1,1 @@
+//! Slow consumers, floods, faults and hostile input.
