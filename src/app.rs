@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use log::error;
 
 use crate::cli::{Cli, Command, Query, RoleArgs, Start, Stop, Target};
@@ -27,7 +27,7 @@ pub fn main<E: RoleArgs>(spec: &Spec) -> ExitCode {
     if let Ok(text) = std::env::var(daemon::ENV) {
         return run_daemon(spec, &text);
     }
-    let matches = Cli::<E>::command().name(spec.name).about(spec.about).get_matches();
+    let matches = crate::cli::command::<E>(spec).get_matches();
     let cli = match Cli::<E>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

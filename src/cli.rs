@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ChannelConfig, Config, PubSubConfig, Role, Spec};
+use crate::config::{ChannelConfig, Config, PubSubConfig, Role, RoleKind, Spec};
 use crate::protocol::{command::check_topic, frame::MAX_MESSAGE};
 
 #[derive(Debug, Parser)]
@@ -43,9 +43,9 @@ pub enum Command<E: Args> {
 
 #[derive(Debug, Args)]
 pub struct Start<E: Args> {
-    /// Address to listen on [default: 127.0.0.1 or 0.0.0.0 with the server's port]
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    /// Address to listen on (port 0: any free port)
+    #[arg(long, value_name = "ADDR", default_value = "set per server")]
+    pub listen: SocketAddr,
     #[command(flatten)]
     pub target: Target,
     /// Log file, written when running as a daemon [default: $TMPDIR/<name>.log]
@@ -92,9 +92,9 @@ pub struct Query {
 /// Flags of the two worker servers.
 #[derive(Debug, Args)]
 pub struct PubSubArgs {
-    /// Number of worker processes [default: 4 for data-source, 1 for subscriber]
-    #[arg(short = 'c', long, value_name = "N")]
-    pub count: Option<usize>,
+    /// Number of worker processes
+    #[arg(short = 'c', long, value_name = "N", default_value = "set per server")]
+    pub count: usize,
     /// Address of the channel server
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2206")]
     pub channel: SocketAddr,
@@ -131,13 +131,13 @@ pub struct ChannelArgs {
 
 /// Turns a server's own flags into its part of the configuration.
 pub trait RoleArgs: Args {
-    fn count(&self, spec: &Spec) -> Result<usize, String>;
+    fn count(&self) -> Result<usize, String>;
     fn role(&self) -> Result<Role, String>;
 }
 
 impl RoleArgs for PubSubArgs {
-    fn count(&self, spec: &Spec) -> Result<usize, String> {
-        match self.count.unwrap_or(spec.count) {
+    fn count(&self) -> Result<usize, String> {
+        match self.count {
             0 => Err("--count must be at least 1".into()),
             n if n > 1024 => Err("--count must be at most 1024".into()),
             n => Ok(n),
@@ -164,7 +164,7 @@ impl RoleArgs for PubSubArgs {
 }
 
 impl RoleArgs for ChannelArgs {
-    fn count(&self, _: &Spec) -> Result<usize, String> {
+    fn count(&self) -> Result<usize, String> {
         // Topic state lives in one process.
         Ok(1)
     }
@@ -177,6 +177,28 @@ impl RoleArgs for ChannelArgs {
     }
 }
 
+/// The clap command of one binary, with its own name, text and defaults.
+pub fn command<E: Args>(spec: &Spec) -> clap::Command {
+    let ip = match spec.role {
+        RoleKind::Channel => "127.0.0.1",
+        RoleKind::PubSub => "0.0.0.0",
+    };
+    let listen = format!("{ip}:{}", spec.port);
+    let count = spec.count.to_string();
+    let defaults = |c: clap::Command| {
+        let c = c.mut_arg("listen", |a| a.default_value(listen.clone()));
+        match spec.role {
+            RoleKind::PubSub => c.mut_arg("count", |a| a.default_value(count.clone())),
+            RoleKind::Channel => c,
+        }
+    };
+    <Cli<E> as clap::CommandFactory>::command()
+        .name(spec.name)
+        .about(spec.about)
+        .mut_subcommand("start", defaults)
+        .mut_subcommand("restart", defaults)
+}
+
 impl Target {
     pub fn pid_file(&self, spec: &Spec) -> PathBuf {
         absolute(self.pid_file.as_ref()).unwrap_or_else(|| std::env::temp_dir().join(format!("{}.pid", spec.name)))
@@ -186,15 +208,11 @@ impl Target {
 impl<E: RoleArgs> Start<E> {
     /// Validates the flags into the configuration handed to the workers.
     pub fn config(&self, spec: &Spec) -> Result<Config, String> {
-        let default_ip = match spec.role {
-            crate::config::RoleKind::Channel => [127, 0, 0, 1],
-            crate::config::RoleKind::PubSub => [0, 0, 0, 0],
-        };
         Ok(Config {
             name: spec.name.into(),
             title: spec.title.into(),
-            listen: self.listen.unwrap_or_else(|| SocketAddr::from((default_ip, spec.port))),
-            count: self.role.count(spec)?,
+            listen: self.listen,
+            count: self.role.count()?,
             pid_file: self.target.pid_file(spec),
             log_file: absolute(self.log_file.as_ref())
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("{}.log", spec.name))),
