@@ -27,7 +27,7 @@ use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use memchr::memmem;
+use memchr::memchr;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,9 @@ struct RunArgs {
     /// Payload bytes (at least 32: sequence number and timestamp in hex)
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Threads sharing the subscriber connections
+    #[arg(long, default_value_t = 2)]
+    sub_threads: usize,
     /// Seconds allowed for publishing (the run fails if they run out)
     #[arg(long, default_value_t = 60.0)]
     time_limit: f64,
@@ -147,6 +150,7 @@ struct Plan {
     rate: u64,
     window: u64,
     payload: usize,
+    sub_threads: usize,
     time_limit: Duration,
     setup_timeout: Duration,
     drain: Duration,
@@ -211,6 +215,7 @@ impl Plan {
             rate,
             window,
             payload: a.payload,
+            sub_threads: a.sub_threads.clamp(1, subs.min(16)),
             time_limit: secs(a.time_limit),
             setup_timeout: secs(a.setup_timeout),
             drain: secs(a.drain),
@@ -251,9 +256,12 @@ mod payload {
         if p.len() != len {
             return None;
         }
-        let hex = |s: &[u8]| {
-            s.iter().try_fold(0u64, |acc, &c| Some(acc << 4 | (c as char).to_digit(16)? as u64))
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
         };
+        let hex = |s: &[u8]| s.iter().try_fold(0u64, |acc, &c| Some(acc << 4 | digit(c)? as u64));
         Some((hex(&p[..16])?, hex(&p[16..32])?))
     }
 }
@@ -337,6 +345,18 @@ fn after<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     s.strip_prefix(prefix)
 }
 
+/// Index of the first CRLF.
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let cr = from + memchr(b'\r', &buf[from..])?;
+        if buf.get(cr + 1) == Some(&b'\n') {
+            return Some(cr);
+        }
+        from = cr + 1;
+    }
+}
+
 fn num<T: std::str::FromStr>(s: &[u8]) -> Result<T, String> {
     std::str::from_utf8(s).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
         format!("bad number {:?}", String::from_utf8_lossy(s))
@@ -345,10 +365,11 @@ fn num<T: std::str::FromStr>(s: &[u8]) -> Result<T, String> {
 
 /// Our line protocol: LF-terminated lines.
 fn decode_line(buf: &[u8]) -> Decoded<'_> {
-    let Some(nl) = memchr::memchr(b'\n', buf) else { return Ok(None) };
+    let Some(nl) = memchr(b'\n', buf) else { return Ok(None) };
     let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
     let ev = if let Some(rest) = after(line, b"Received [") {
-        let end = memmem::find(rest, b"]: ").ok_or("bad 'Received' line")?;
+        // Topics never contain ']'.
+        let end = memchr(b']', rest).filter(|&e| rest[e..].starts_with(b"]: ")).ok_or("bad 'Received' line")?;
         Event::Message { topic: &rest[..end], payload: &rest[end + 3..] }
     } else if line.starts_with(b"OK subscribed") {
         Event::Subscribed
@@ -364,7 +385,7 @@ fn decode_line(buf: &[u8]) -> Decoded<'_> {
 
 /// NATS: CRLF-terminated control lines; MSG is followed by its payload.
 fn decode_nats(buf: &[u8]) -> Decoded<'_> {
-    let Some(nl) = memmem::find(buf, b"\r\n") else { return Ok(None) };
+    let Some(nl) = find_crlf(buf) else { return Ok(None) };
     let line = &buf[..nl];
     let ev = if let Some(args) = after(line, b"MSG ") {
         // MSG <subject> <sid> [reply-to] <#bytes>
@@ -402,7 +423,7 @@ enum Resp<'a> {
 
 /// Decodes the scalar RESP value at `pos`: Ok(None) if incomplete.
 fn resp_scalar(buf: &[u8], pos: usize) -> Result<Option<(Resp<'_>, usize)>, String> {
-    let Some(nl) = memmem::find(&buf[pos..], b"\r\n") else { return Ok(None) };
+    let Some(nl) = find_crlf(&buf[pos..]) else { return Ok(None) };
     let (kind, line, next) = (buf.get(pos).copied(), &buf[pos + 1..pos + nl], pos + nl + 2);
     Ok(Some(match kind {
         Some(b'$') => {
@@ -431,7 +452,7 @@ fn decode_resp(buf: &[u8]) -> Decoded<'_> {
         };
         return Ok(Some((ev, used)));
     }
-    let Some(nl) = memmem::find(buf, b"\r\n") else { return Ok(None) };
+    let Some(nl) = find_crlf(buf) else { return Ok(None) };
     let n: usize = num(&buf[1..nl])?;
     let (mut pos, mut items) = (nl + 2, [&b""[..]; 3]);
     for i in 0..n {
@@ -503,16 +524,17 @@ impl Conn {
     }
 
     /// Reads what the socket has and hands each decoded event to `on_event`,
-    /// with the output queue (to answer a server's PING).
+    /// with the output queue (to answer a server's PING) and the time the
+    /// read returned.
     fn read_events<F>(&mut self, proto: Proto, scratch: &mut [u8], mut on_event: F) -> Result<ReadOutcome, String>
     where
-        F: FnMut(Event<'_>, &mut Vec<u8>),
+        F: FnMut(Event<'_>, &mut Vec<u8>, u64),
     {
         let Conn { stream, inbuf, out, .. } = self;
         let mut decode_all = |buf: &[u8], out: &mut Vec<u8>| -> Result<usize, String> {
-            let mut pos = 0;
+            let (mut pos, now) = (0, now_ns());
             while let Some((ev, used)) = proto.decode(&buf[pos..])? {
-                on_event(ev, out);
+                on_event(ev, out, now);
                 pos += used;
             }
             Ok(pos)
@@ -599,10 +621,11 @@ impl Hist {
 
 // ───────────────────────────── subscriber thread ─────────────────────────────
 
-/// State both threads see.
+/// State all threads see.
 struct Shared {
-    /// Fewest messages any live subscriber has received (the window's base).
-    progress: AtomicU64,
+    /// Per subscriber thread: fewest messages any of its live subscribers has
+    /// received. Their minimum is the base of the publisher's window.
+    progress: Vec<AtomicU64>,
     /// Set (to now_ns) once the publisher has sent everything and seen its barrier.
     pub_done: AtomicU64,
     /// The main thread gave up: stop.
@@ -610,6 +633,12 @@ struct Shared {
     /// The publisher sleeps waiting for progress: wake it when progress moves.
     pub_waiting: AtomicBool,
     pub_waker: Waker,
+}
+
+impl Shared {
+    fn progress(&self) -> u64 {
+        self.progress.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0)
+    }
 }
 
 /// Per-subscriber exact accounting.
@@ -642,9 +671,8 @@ struct Sub {
     track: Track,
 }
 
-#[derive(Default)]
+/// What one subscriber thread saw; `merge` adds them up.
 struct SubReport {
-    setup_error: Option<String>,
     delivered: u64,
     duplicates: u64,
     out_of_order: u64,
@@ -653,41 +681,90 @@ struct SubReport {
     disconnects: u64,
     errors: Vec<String>,
     last_recv: u64,
-    latency: Option<Hist>,
-    /// For each fully delivered message: time from send to the last receipt.
-    fanout: Vec<u64>,
+    latency: Hist,
+    msgs: Vec<MsgStat>,
 }
 
+impl SubReport {
+    fn new(plan: &Plan) -> SubReport {
+        // Per-message fan-out times only for runs of a bounded size.
+        let msgs = if plan.messages <= 2_000_000 { plan.messages as usize } else { 0 };
+        SubReport {
+            delivered: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            corrupt: 0,
+            missing: 0,
+            disconnects: 0,
+            errors: Vec::new(),
+            last_recv: 0,
+            latency: Hist::new(),
+            msgs: vec![MsgStat::default(); msgs],
+        }
+    }
+
+    fn merge(mut self, o: SubReport) -> SubReport {
+        self.delivered += o.delivered;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.corrupt += o.corrupt;
+        self.missing += o.missing;
+        self.disconnects += o.disconnects;
+        self.errors.extend(o.errors);
+        self.last_recv = self.last_recv.max(o.last_recv);
+        self.latency.counts.iter_mut().zip(&o.latency.counts).for_each(|(a, b)| *a += b);
+        self.latency.n += o.latency.n;
+        self.latency.max = self.latency.max.max(o.latency.max);
+        for (a, b) in self.msgs.iter_mut().zip(&o.msgs) {
+            a.sent = a.sent.max(b.sent);
+            a.receipts += b.receipts;
+            a.last = a.last.max(b.last);
+        }
+        self
+    }
+
+    /// For each message every subscriber of its topic got: send to last receipt.
+    fn fanout_times(&self, plan: &Plan) -> Vec<u64> {
+        let t = plan.topics.len();
+        let subs_of = |topic: usize| (plan.subs / t + usize::from(topic < plan.subs % t)) as u32;
+        let mut v: Vec<u64> = (self.msgs.iter().enumerate())
+            .filter(|(i, m)| m.receipts == subs_of(i % t))
+            .map(|(_, m)| m.last.saturating_sub(m.sent))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// One subscriber thread: subscribers thread, thread + n, thread + 2n, …
 struct SubSide<'a> {
     plan: &'a Plan,
     shared: &'a Shared,
+    thread: usize,
     poll: Poll,
     subs: Vec<Sub>,
     /// Received count per subscriber, contiguous for the window's min().
     counts: Vec<u64>,
-    msgs: Vec<MsgStat>,
-    latency: Hist,
     scratch: Vec<u8>,
     report: SubReport,
     confirmed: usize,
     finished: usize,
 }
 
-/// Subscriptions not yet confirmed at any time (connection waves).
+/// Subscriptions not yet confirmed at any time (connection waves), all threads.
 const SETUP_WAVE: usize = 256;
 
-fn run_subscribers(plan: &Plan, shared: &Shared, ready: mpsc::Sender<Result<f64, String>>) -> SubReport {
-    let mut side = match SubSide::new(plan, shared) {
+fn run_subscribers(plan: &Plan, shared: &Shared, thread: usize, ready: mpsc::Sender<Result<f64, String>>) -> SubReport {
+    let mut side = match SubSide::new(plan, shared, thread) {
         Ok(s) => s,
         Err(e) => {
-            let _ = ready.send(Err(e.clone()));
-            return SubReport { setup_error: Some(e), ..Default::default() };
+            let _ = ready.send(Err(e));
+            return SubReport::new(plan);
         }
     };
     let t0 = Instant::now();
     if let Err(e) = side.setup() {
-        let _ = ready.send(Err(e.clone()));
-        side.report.setup_error = Some(e);
+        let _ = ready.send(Err(e));
         return side.report;
     }
     let _ = ready.send(Ok(t0.elapsed().as_secs_f64()));
@@ -696,8 +773,9 @@ fn run_subscribers(plan: &Plan, shared: &Shared, ready: mpsc::Sender<Result<f64,
 }
 
 impl<'a> SubSide<'a> {
-    fn new(plan: &'a Plan, shared: &'a Shared) -> Result<Self, String> {
-        let subs = (0..plan.subs)
+    fn new(plan: &'a Plan, shared: &'a Shared, thread: usize) -> Result<Self, String> {
+        let subs: Vec<Sub> = (thread..plan.subs)
+            .step_by(plan.sub_threads)
             .map(|i| {
                 let topic = i % plan.topics.len();
                 let expected = plan.expected(topic);
@@ -708,14 +786,12 @@ impl<'a> SubSide<'a> {
         Ok(SubSide {
             plan,
             shared,
+            thread,
             poll: Poll::new().map_err(|e| format!("poll: {e}"))?,
+            counts: vec![0; subs.len()],
             subs,
-            counts: vec![0; plan.subs],
-            // Per-message fan-out times only for runs of a bounded size.
-            msgs: vec![MsgStat::default(); if plan.messages <= 2_000_000 { plan.messages as usize } else { 0 }],
-            latency: Hist::new(),
             scratch: vec![0; 256 * 1024],
-            report: SubReport::default(),
+            report: SubReport::new(plan),
             confirmed: 0,
             finished: 0,
         })
@@ -727,11 +803,12 @@ impl<'a> SubSide<'a> {
         let deadline = Instant::now() + self.plan.setup_timeout;
         let mut events = Events::with_capacity(1024);
         let mut opened = 0;
-        while self.confirmed < self.plan.subs {
+        let (n, wave) = (self.subs.len(), SETUP_WAVE.div_ceil(self.plan.sub_threads));
+        while self.confirmed < n {
             if Instant::now() > deadline || self.shared.abort.load(Ordering::Relaxed) {
-                return Err(format!("setup: {} of {} subscriptions confirmed in time", self.confirmed, self.plan.subs));
+                return Err(format!("setup: {} of {n} subscriptions of a thread confirmed in time", self.confirmed));
             }
-            while opened < self.plan.subs && opened - self.confirmed < SETUP_WAVE {
+            while opened < n && opened - self.confirmed < wave {
                 self.open(opened)?;
                 opened += 1;
             }
@@ -767,7 +844,7 @@ impl<'a> SubSide<'a> {
         let deadline = Instant::now() + self.plan.time_limit + self.plan.drain * 2;
         let mut events = Events::with_capacity(1024);
         let mut progress = 0;
-        while self.finished < self.plan.subs && Instant::now() < deadline {
+        while self.finished < self.subs.len() && Instant::now() < deadline {
             if self.shared.abort.load(Ordering::Relaxed) {
                 break;
             }
@@ -790,7 +867,7 @@ impl<'a> SubSide<'a> {
             let min = live.map(|(c, _)| *c).min().unwrap_or(u64::MAX);
             if min != progress {
                 progress = min;
-                self.shared.progress.store(min, Ordering::Release);
+                self.shared.progress[self.thread].store(min, Ordering::Release);
                 if self.shared.pub_waiting.swap(false, Ordering::AcqRel) {
                     let _ = self.shared.pub_waker.wake();
                 }
@@ -811,16 +888,16 @@ impl<'a> SubSide<'a> {
         let plan = self.plan;
         let Sub { conn, confirmed, more, track } = &mut self.subs[i];
         let Some(c) = conn.as_mut() else { return };
-        let (count, msgs, latency, report) = (&mut self.counts[i], &mut self.msgs, &mut self.latency, &mut self.report);
+        let (count, report) = (&mut self.counts[i], &mut self.report);
         let (conf, fin) = (&mut self.confirmed, &mut self.finished);
         let topic_name = plan.topics[track.topic].as_bytes();
         let ntopics = plan.topics.len() as u64;
         let mut result = c.flush().map(|_| ReadOutcome::Drained);
         if result.is_ok() {
-            result = c.read_events(plan.proto, &mut self.scratch, |ev, out| match ev {
+            result = c.read_events(plan.proto, &mut self.scratch, |ev, out, now| match ev {
                 Event::Message { topic, payload } => {
-                    let now = now_ns();
                     report.last_recv = now;
+                    let SubReport { latency, msgs, .. } = report;
                     let Some((seq, ts)) = payload::parse(payload, plan.payload) else {
                         track.corrupt += 1;
                         return;
@@ -895,13 +972,6 @@ impl<'a> SubSide<'a> {
             r.out_of_order += s.track.out_of_order;
             r.corrupt += s.track.corrupt;
         }
-        let per_topic = (self.plan.subs / self.plan.topics.len()) as u32;
-        let extra = self.plan.subs % self.plan.topics.len();
-        r.fanout = (self.msgs.iter().enumerate())
-            .filter(|(i, m)| m.receipts == per_topic + u32::from(i % self.plan.topics.len() < extra))
-            .map(|(_, m)| m.last.saturating_sub(m.sent))
-            .collect();
-        r.latency = Some(self.latency);
         self.report
     }
 }
@@ -985,7 +1055,7 @@ impl<'a> Publisher<'a> {
         }
         if self.readable {
             let (pongs, report) = (&mut self.pongs, &mut self.report);
-            let outcome = self.conn.read_events(self.plan.proto, &mut self.scratch, |ev, out| match ev {
+            let outcome = self.conn.read_events(self.plan.proto, &mut self.scratch, |ev, out, _| match ev {
                 Event::Pong => *pongs += 1,
                 Event::Ping => out.extend_from_slice(b"PONG\r\n"),
                 Event::Ack(n) => {
@@ -1030,7 +1100,7 @@ impl<'a> Publisher<'a> {
                 return Err(format!("time limit: sent {i} of {} messages", plan.messages));
             }
             // Encode a batch: what the window and the schedule allow.
-            let progress = self.shared.progress.load(Ordering::Acquire);
+            let progress = self.shared.progress();
             if progress != progress_seen {
                 (progress_seen, progress_at) = (progress, now);
             }
@@ -1060,7 +1130,7 @@ impl<'a> Publisher<'a> {
                     return Err(format!("subscribers stalled: sent {i} of {} messages", plan.messages));
                 }
                 self.shared.pub_waiting.store(true, Ordering::Release);
-                if self.shared.progress.load(Ordering::Acquire) == progress {
+                if self.shared.progress() == progress {
                     self.io(Some(Duration::from_millis(100)))?;
                 }
             } else if interval > 0.0 {
@@ -1220,7 +1290,7 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
     }
     let poll = Poll::new().map_err(|e| e.to_string())?;
     let shared = Shared {
-        progress: AtomicU64::new(0),
+        progress: (0..plan.sub_threads).map(|_| AtomicU64::new(0)).collect(),
         pub_done: AtomicU64::new(0),
         abort: AtomicBool::new(false),
         pub_waiting: AtomicBool::new(false),
@@ -1233,16 +1303,27 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
 
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
-        let subs = s.spawn(|| run_subscribers(&plan, &shared, tx));
-        let setup = rx.recv_timeout(plan.setup_timeout + Duration::from_secs(5));
-        let setup_s = match setup {
-            Ok(Ok(secs)) => secs,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                shared.abort.store(true, Ordering::Relaxed);
-                return Err("setup: subscriber thread did not answer".into());
+        let threads: Vec<_> = (0..plan.sub_threads)
+            .map(|t| {
+                let (tx, plan, shared) = (tx.clone(), &plan, &shared);
+                s.spawn(move || run_subscribers(plan, shared, t, tx))
+            })
+            .collect();
+        // Every thread reports once its subscriptions are all confirmed.
+        let mut setup_s: f64 = 0.0;
+        for _ in 0..plan.sub_threads {
+            match rx.recv_timeout(plan.setup_timeout + Duration::from_secs(5)) {
+                Ok(Ok(secs)) => setup_s = setup_s.max(secs),
+                Ok(Err(e)) => {
+                    shared.abort.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Err(_) => {
+                    shared.abort.store(true, Ordering::Relaxed);
+                    return Err("setup: a subscriber thread did not answer".into());
+                }
             }
-        };
+        }
         let rss_subscribed = rss();
         let servers = procfs::tree(&args.server_pids);
         let (cpu0, main0, srv0, t0) = (
@@ -1253,7 +1334,10 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
         );
         publisher.run();
         let main_cpu = cpu_secs(UsageWho::RUSAGE_THREAD) - main0;
-        let subs = subs.join().map_err(|_| "subscriber thread panicked".to_string())?;
+        let mut subs = SubReport::new(&plan);
+        for t in threads {
+            subs = subs.merge(t.join().map_err(|_| "subscriber thread panicked".to_string())?);
+        }
         let srv_cpu = procfs::cpu_secs(&servers) - srv0;
         let cpu = cpu_secs(UsageWho::RUSAGE_SELF) - cpu0;
         let p = &publisher.report;
@@ -1262,10 +1346,9 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
         let elapsed = (end.saturating_sub(p.first_send)) as f64 / 1e9;
         let pct = |c: f64| 100.0 * c / wall.max(1e-9);
         let expected: u64 = (0..plan.subs).map(|i| plan.expected(i % plan.topics.len())).sum();
-        let lat = subs.latency.as_ref().filter(|h| h.n > 0);
+        let lat = Some(&subs.latency).filter(|h| h.n > 0);
         let us = |h: Option<&Hist>, q: f64| h.and_then(|h| h.quantile(q)).map(|v| v as f64 / 1e3);
-        let mut fanout = subs.fanout.clone();
-        fanout.sort_unstable();
+        let fanout = subs.fanout_times(&plan);
         let rss_end = rss();
         let mut r = RunResult {
             name: plan.name.clone(),

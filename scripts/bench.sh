@@ -15,6 +15,7 @@
 #   --out DIR         where results.jsonl and table.md go (default target/bench/<time>)
 #   --no-install      never apt-get install nats-server / redis-server
 #   --keep            keep the temporary directory (pid files, server logs)
+#   --bench-args "A"  extra arguments for every fanout-bench run (e.g. --sub-threads 1)
 # Environment: SUB_WORKERS, DS_WORKERS (worker processes of our subscriber and
 #   data-source servers, default 1 each), SEND_QUEUE (their --max-send-queue).
 #
@@ -23,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODE=full RUNS="" PEERS="" SCENARIOS="" BIN_DIR="" OUT="" INSTALL=1 KEEP=0
+MODE=full RUNS="" PEERS="" SCENARIOS="" BIN_DIR="" OUT="" INSTALL=1 KEEP=0 EXTRA=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick ;;
@@ -35,6 +36,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --no-install) INSTALL=0 ;;
         --keep) KEEP=1 ;;
+        --bench-args) EXTRA="$2"; shift ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -207,8 +209,8 @@ while IFS='|' read -r name args; do
             pids=()
             for p in $SERVER_PIDS; do pids+=(--server-pid "$p"); done
             log "$name run $run/$RUNS: $peer"
-            # shellcheck disable=SC2086 # args is a list of words
-            if ! "$BENCH" run --proto "$peer" $args --pub-addr "$PUB_ADDR" --sub-addr "$SUB_ADDR" \
+            # shellcheck disable=SC2086 # args and EXTRA are lists of words
+            if ! "$BENCH" run --proto "$peer" $args $EXTRA --pub-addr "$PUB_ADDR" --sub-addr "$SUB_ADDR" \
                     "${pids[@]}" --json >>"$RESULTS" 2>"$dir/bench.err"; then
                 FAILED=$((FAILED + 1))
                 log "  FAILED: $(tail -n 1 "$RESULTS" | grep -o "\"failures\":\[[^]]*\]" || cat "$dir/bench.err")"
