@@ -4,6 +4,7 @@
 mod errors;
 mod fanout;
 mod lifecycle;
+mod reload;
 mod robustness;
 mod session;
 mod support;

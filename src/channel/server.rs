@@ -259,8 +259,6 @@ impl ChannelServer {
 }
 
 impl Service for ChannelServer {
-    fn start(&mut self, _reg: &Registry) {}
-
     fn accept(&mut self, reg: &Registry, mut stream: TcpStream, addr: SocketAddr) {
         let entry = self.peers.vacant_entry();
         if let Err(e) = reg.register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE) {

@@ -41,6 +41,8 @@ pub enum ToWorker {
     Connections,
     /// Stop accepting, deliver what is queued, close, exit.
     Drain,
+    /// Hand every connection to the successor, then exit.
+    HandOff,
 }
 
 /// From a worker to the master.

@@ -31,7 +31,7 @@ use slab::Slab;
 use super::control::{self, ConnInfo, FromWorker, Reply, Request, Status, ToWorker, WorkerRow, WorkerStats};
 use super::pidfile::PidFile;
 use super::signals;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::worker::WorkerEnv;
 
 const SIGNAL: Token = Token(0);
@@ -52,6 +52,8 @@ struct Worker {
     pid: Pid,
     slot: usize,
     link: control::Conn,
+    /// The other end of the worker's handoff socket, for its successor.
+    handoff: Option<OwnedFd>,
     ready: bool,
     /// Being replaced (reload) or drained (graceful stop): not respawned.
     retiring: bool,
@@ -89,8 +91,8 @@ enum Step {
     Idle,
     /// Waiting for the replacement (worker key) to report ready.
     Starting { key: usize, deadline: Instant },
-    /// Waiting for the replaced worker to exit.
-    Retiring { pid: Pid, deadline: Instant },
+    /// Waiting for the replaced worker to hand over (or drain) and exit.
+    Retiring { pid: Pid, new: Pid, deadline: Instant },
 }
 
 /// A status or connections request in flight: one at a time.
@@ -176,7 +178,7 @@ impl Master {
             self.cfg.count
         );
         for slot in 0..self.cfg.count {
-            if let Err(e) = self.spawn(slot) {
+            if let Err(e) = self.spawn(slot, None) {
                 return self.fail_start(&format!("cannot start worker: {e}"));
             }
         }
@@ -207,12 +209,19 @@ impl Master {
 
     // ---- workers -------------------------------------------------------------
 
-    fn spawn(&mut self, slot: usize) -> io::Result<usize> {
+    /// Starts a worker for `slot`; with `takeover`, the handoff socket of the
+    /// worker it replaces.
+    fn spawn(&mut self, slot: usize, takeover: Option<OwnedFd>) -> io::Result<usize> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        set_cloexec(&theirs, false)?;
+        let (handoff_ours, handoff_theirs) = std::os::unix::net::UnixStream::pair()?;
+        for fd in [theirs.as_fd(), handoff_theirs.as_fd()].into_iter().chain(takeover.as_ref().map(|t| t.as_fd())) {
+            set_cloexec(&fd, false)?;
+        }
         let env = WorkerEnv {
             listen_fd: self.listener.as_raw_fd(),
             master_fd: theirs.as_raw_fd(),
+            handoff_fd: handoff_theirs.as_raw_fd(),
+            takeover_fd: takeover.as_ref().map(|t| t.as_raw_fd()),
             slot,
             config: self.cfg.clone(),
         };
@@ -221,7 +230,8 @@ impl Master {
             .env(crate::worker::ENV, serde_json::to_string(&env)?)
             .stdin(Stdio::null())
             .spawn();
-        drop(theirs); // the child has its copy; ours must not keep it open
+        // The child has its copies; ours must not stay open (or be inherited).
+        drop((theirs, handoff_theirs, takeover));
         let child = child?;
         ours.set_nonblocking(true)?;
         let entry = self.workers.vacant_entry();
@@ -234,6 +244,7 @@ impl Master {
             pid,
             slot,
             link: control::Conn::new(link),
+            handoff: Some(handoff_ours.into()),
             ready: false,
             retiring: false,
             started: Instant::now(),
@@ -294,8 +305,15 @@ impl Master {
                     match old {
                         Some((_, old)) => {
                             old.retiring = true;
-                            let _ = old.link.send(&ToWorker::Drain);
-                            r.step = Step::Retiring { pid: old.pid, deadline: Instant::now() + RETIRE_TIMEOUT };
+                            // Pub/sub workers hand their connections over; the
+                            // channel server's single worker drains.
+                            let msg = match self.cfg.role {
+                                Role::PubSub(_) => ToWorker::HandOff,
+                                Role::Channel(_) => ToWorker::Drain,
+                            };
+                            let _ = old.link.send(&msg);
+                            let deadline = Instant::now() + RETIRE_TIMEOUT;
+                            r.step = Step::Retiring { pid: old.pid, new: pid, deadline };
                         }
                         None => r.step = Step::Idle,
                     }
@@ -345,6 +363,15 @@ impl Master {
             }
             Mode::Reloading(r) if !w.ready && matches!(r.step, Step::Starting { .. }) => {
                 let why = format!("new worker {} (pid {}) exited before it was ready: {how}", w.slot, w.pid);
+                self.abort_reload(&why);
+            }
+            Mode::Reloading(r) if matches!(r.step, Step::Retiring { new, .. } if new == w.pid) => {
+                // The old worker got no confirmation and carries on serving.
+                let Step::Retiring { pid: old, .. } = r.step else { unreachable!() };
+                if let Some((_, o)) = self.workers.iter_mut().find(|(_, o)| o.pid == old) {
+                    o.retiring = false;
+                }
+                let why = format!("new worker {} (pid {}) exited while taking over: {how}", w.slot, w.pid);
                 self.abort_reload(&why);
             }
             _ if w.retiring => info!("worker {} (pid {}) exited: {how}", w.slot, w.pid),
@@ -407,7 +434,14 @@ impl Master {
             }
             return;
         };
-        match self.spawn(slot) {
+        let takeover = match self.cfg.role {
+            Role::PubSub(_) => {
+                let old = self.workers.iter_mut().find(|(_, w)| w.slot == slot && !w.retiring);
+                old.and_then(|(_, w)| w.handoff.take())
+            }
+            Role::Channel(_) => None,
+        };
+        match self.spawn(slot, takeover) {
             Ok(key) => {
                 if let Mode::Reloading(r) = &mut self.mode {
                     r.step = Step::Starting { key, deadline: Instant::now() + READY_TIMEOUT };
@@ -509,10 +543,10 @@ impl Master {
                 Step::Starting { deadline, .. } if deadline <= now => {
                     self.abort_reload("the new worker did not become ready in time");
                 }
-                Step::Retiring { pid, deadline } if deadline <= now => {
+                Step::Retiring { pid, new, deadline } if deadline <= now => {
                     warn!("replaced worker (pid {pid}) did not finish in time: killing it");
                     let _ = kill(pid, Signal::SIGKILL);
-                    r.step = Step::Retiring { pid, deadline: now + KILL_TIMEOUT };
+                    r.step = Step::Retiring { pid, new, deadline: now + KILL_TIMEOUT };
                 }
                 _ => {}
             },
@@ -521,7 +555,7 @@ impl Master {
         for slot in 0..self.slots.len() {
             if self.slots[slot].respawn_at.is_some_and(|t| t <= now) {
                 self.slots[slot].respawn_at = None;
-                if let Err(e) = self.spawn(slot) {
+                if let Err(e) = self.spawn(slot, None) {
                     error!("cannot restart worker {slot}: {e}");
                     self.slots[slot].respawn_at = Some(now + MAX_BACKOFF);
                 }

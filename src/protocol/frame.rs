@@ -142,6 +142,16 @@ pub struct FrameReader {
 const READ_CHUNK: usize = 64 * 1024;
 
 impl FrameReader {
+    /// A reader holding bytes received (and not parsed) by another process.
+    pub fn with_bytes(bytes: Vec<u8>) -> FrameReader {
+        FrameReader { start: 0, end: bytes.len(), buf: bytes }
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn unparsed(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
     /// One `read` into free space. `Ok(0)` is end of stream.
     pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
         if self.end == self.buf.len() {

@@ -16,7 +16,7 @@ pub enum Line<'a> {
     TooLong,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LineReader {
     partial: Vec<u8>,
     telnet: Telnet,

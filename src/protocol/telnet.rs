@@ -11,7 +11,7 @@ const SE: u8 = 240;
 const WILL: u8 = 251;
 const DONT: u8 = 254;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Telnet {
     #[default]
     Data,

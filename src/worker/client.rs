@@ -29,7 +29,7 @@ pub struct Client {
 
 pub enum Held {
     /// The `OK subscribed` of this topic goes here once it is confirmed.
-    Subscription(TopicId),
+    Subscription(Box<[u8]>),
     Text(Vec<u8>),
 }
 

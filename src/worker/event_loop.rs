@@ -12,20 +12,22 @@ use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
+use std::os::fd::OwnedFd;
+
+use super::handoff::{Msg, Receiver, Sender};
 use crate::process::control::{self, ConnInfo, FromWorker, ToWorker, WorkerStats};
 
 pub const LISTENER: Token = Token(usize::MAX);
 pub const MASTER: Token = Token(usize::MAX - 1);
+const HANDOFF: Token = Token(usize::MAX - 2);
 /// The first token a service may use for a connection of its own (e.g. the
 /// channel link); client connections use their slab keys, far below.
-pub const SERVICE: Token = Token(usize::MAX - 2);
+pub const SERVICE: Token = Token(usize::MAX - 3);
 
 /// How long to wait before accepting again after running out of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 pub trait Service {
-    /// Called once, before the worker reports ready.
-    fn start(&mut self, reg: &Registry);
     fn accept(&mut self, reg: &Registry, stream: TcpStream, peer: SocketAddr);
     fn event(&mut self, reg: &Registry, ev: &Event);
     /// Runs after every batch of events: deferred work, timers, flushing.
@@ -37,15 +39,32 @@ pub trait Service {
     fn drained(&self) -> bool;
     fn stats(&self) -> WorkerStats;
     fn list(&self) -> Vec<ConnInfo>;
+
+    /// Sends every connection, with its state, to a successor. Leaves this
+    /// service intact, to carry on if the successor fails. Returns false if
+    /// the service cannot hand off (it is drained instead).
+    fn hand_off(&mut self, _to: &mut Sender) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// Adopts one connection sent by `hand_off`; the last message completes it.
+    fn take_over(&mut self, _reg: &Registry, _msg: Msg, _fd: Option<OwnedFd>) -> io::Result<()> {
+        Err(io::Error::other("this server cannot take connections over"))
+    }
 }
 
-pub fn run(
-    listener: std::net::TcpListener,
-    master: std::os::unix::net::UnixStream,
-    max_connections: usize,
-    mut svc: impl Service,
-) -> ExitCode {
-    match Loop::new(listener, master, max_connections).and_then(|mut l| l.run(&mut svc)) {
+/// The descriptors a worker inherits from its master.
+pub struct Inherited {
+    pub listener: std::net::TcpListener,
+    pub master: std::os::unix::net::UnixStream,
+    /// This worker's end of the socket it hands its connections over on reload.
+    pub handoff: std::os::unix::net::UnixStream,
+    /// The predecessor's handoff socket, when this worker replaces one.
+    pub takeover: Option<std::os::unix::net::UnixStream>,
+}
+
+pub fn run(fds: Inherited, max_connections: usize, mut svc: impl Service) -> ExitCode {
+    match Loop::new(fds, max_connections).and_then(|mut l| l.run(&mut svc)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("worker failed: {e}");
@@ -56,41 +75,59 @@ pub fn run(
 
 struct Loop {
     poll: Poll,
-    listener: Option<TcpListener>,
+    listener: TcpListener,
+    /// Accepting (not while taking over, handing off or draining).
+    accepting: bool,
     master: control::Conn,
+    handoff: Option<std::os::unix::net::UnixStream>,
+    takeover: Option<Receiver>,
     max_connections: usize,
     accept_retry: Option<Instant>,
     draining: bool,
 }
 
 impl Loop {
-    fn new(
-        listener: std::net::TcpListener,
-        master: std::os::unix::net::UnixStream,
-        max_connections: usize,
-    ) -> io::Result<Loop> {
+    fn new(fds: Inherited, max_connections: usize) -> io::Result<Loop> {
         let poll = Poll::new()?;
-        listener.set_nonblocking(true)?;
-        master.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
-        let mut master = mio::net::UnixStream::from_std(master);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        fds.listener.set_nonblocking(true)?;
+        fds.master.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(fds.listener);
+        let mut master = mio::net::UnixStream::from_std(fds.master);
         poll.registry().register(&mut master, MASTER, Interest::READABLE | Interest::WRITABLE)?;
-        Ok(Loop {
+        let takeover = fds.takeover.map(Receiver::new).transpose()?;
+        let mut l = Loop {
             poll,
-            listener: Some(listener),
+            listener,
+            accepting: false,
             master: control::Conn::new(master),
+            handoff: Some(fds.handoff),
+            takeover,
             max_connections,
             accept_retry: None,
             draining: false,
-        })
+        };
+        match &mut l.takeover {
+            Some(rx) => l.poll.registry().register(&mut rx.sock, HANDOFF, Interest::READABLE)?,
+            None => l.set_accepting(true)?,
+        }
+        Ok(l)
+    }
+
+    fn set_accepting(&mut self, on: bool) -> io::Result<()> {
+        if on != self.accepting {
+            self.accepting = on;
+            match on {
+                true => self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?,
+                false => self.poll.registry().deregister(&mut self.listener)?,
+            }
+        }
+        Ok(())
     }
 
     fn run(&mut self, svc: &mut impl Service) -> io::Result<()> {
-        svc.start(self.poll.registry());
         self.master.send(&FromWorker::Ready)?;
         let mut events = Events::with_capacity(1024);
-        let mut wake = None;
+        let mut wake = Some(Instant::now());
         loop {
             let timeout = [wake, self.accept_retry]
                 .into_iter()
@@ -110,8 +147,12 @@ impl Loop {
                             return Ok(());
                         }
                     }
+                    HANDOFF => self.take_over(svc)?,
                     _ => svc.event(self.poll.registry(), ev),
                 }
+            }
+            if self.takeover.is_some() {
+                continue; // nothing is served until every connection has arrived
             }
             if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
                 self.accept_retry = None;
@@ -126,12 +167,11 @@ impl Loop {
     }
 
     fn accept(&mut self, svc: &mut impl Service) {
-        let Some(listener) = &self.listener else { return };
-        if self.accept_retry.is_some() {
+        if !self.accepting || self.accept_retry.is_some() {
             return;
         }
         loop {
-            match listener.accept() {
+            match self.listener.accept() {
                 Ok((mut stream, peer)) => {
                     if svc.connections() >= self.max_connections {
                         debug!("refusing {peer}: {} connections", self.max_connections);
@@ -168,12 +208,11 @@ impl Loop {
                     self.master.send(&FromWorker::Stats(s))?;
                 }
                 ToWorker::Connections => self.master.send(&FromWorker::Connections(svc.list()))?,
-                ToWorker::Drain => {
-                    if let Some(mut l) = self.listener.take() {
-                        let _ = self.poll.registry().deregister(&mut l);
+                ToWorker::Drain => self.drain(svc)?,
+                ToWorker::HandOff => {
+                    if self.hand_off(svc)? {
+                        return Ok(false);
                     }
-                    self.draining = true;
-                    svc.drain(self.poll.registry());
                 }
             }
         }
@@ -181,6 +220,66 @@ impl Loop {
             info!("master has gone; exiting");
         }
         Ok(!closed)
+    }
+}
+
+impl Loop {
+    fn drain(&mut self, svc: &mut impl Service) -> io::Result<()> {
+        self.set_accepting(false)?;
+        self.draining = true;
+        svc.drain(self.poll.registry());
+        Ok(())
+    }
+
+    /// Replaced by a new worker: hands everything over and returns true once
+    /// the successor has confirmed. On failure, carries on serving.
+    fn hand_off(&mut self, svc: &mut impl Service) -> io::Result<bool> {
+        let Some(sock) = self.handoff.take() else {
+            warn!("cannot hand connections over a second time; draining instead");
+            self.drain(svc)?;
+            return Ok(false);
+        };
+        self.set_accepting(false)?;
+        svc.tick(self.poll.registry()); // settle deferred work first
+        let n = svc.connections();
+        let started = Instant::now();
+        let result = Sender::new(sock).and_then(|mut tx| match svc.hand_off(&mut tx)? {
+            true => tx.finish().map(|_| true),
+            false => Ok(false),
+        });
+        match result {
+            Ok(true) => {
+                info!("handed {n} connection(s) to the new worker in {:?}", started.elapsed());
+                Ok(true)
+            }
+            Ok(false) => {
+                self.drain(svc)?;
+                Ok(false)
+            }
+            Err(e) => {
+                error!("handing connections over failed ({e}); carrying on serving them");
+                self.set_accepting(true)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Adopts what the predecessor sends; once it is all here, confirms and
+    /// starts serving.
+    fn take_over(&mut self, svc: &mut impl Service) -> io::Result<()> {
+        let Some(rx) = &mut self.takeover else { return Ok(()) };
+        rx.read()?;
+        while let Some((msg, fd)) = rx.next_msg()? {
+            svc.take_over(self.poll.registry(), msg, fd)?;
+        }
+        if rx.eof {
+            rx.acknowledge()?;
+            let mut rx = self.takeover.take().expect("checked above");
+            let _ = self.poll.registry().deregister(&mut rx.sock);
+            info!("took over {} connection(s)", svc.connections());
+            self.set_accepting(true)?;
+        }
+        Ok(())
     }
 }
 

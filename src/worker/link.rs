@@ -74,6 +74,37 @@ impl Link {
         self.out.len() - self.sent
     }
 
+    /// What a successor needs to carry on this link: its socket if it is up,
+    /// the bytes not yet written and the bytes received but not yet parsed.
+    pub fn export(&self) -> (Option<&TcpStream>, Vec<u8>, Vec<u8>) {
+        match (&self.stream, self.state) {
+            (Some(s), State::Up) => (Some(s), self.out[self.sent..].to_vec(), self.reader.unparsed().to_vec()),
+            // Not connected: only the buffered publishes carry over.
+            _ => (None, self.out[self.sent..].to_vec(), Vec::new()),
+        }
+    }
+
+    /// Carries on a link exported by a predecessor.
+    pub fn adopt(&mut self, reg: &Registry, stream: Option<TcpStream>, unsent: Vec<u8>, unparsed: Vec<u8>) {
+        self.out = unsent;
+        self.sent = 0;
+        match stream {
+            Some(mut s) => match reg.register(&mut s, TOKEN, Interest::READABLE | Interest::WRITABLE) {
+                Ok(()) => {
+                    self.reader = FrameReader::with_bytes(unparsed);
+                    self.stream = Some(s);
+                    self.state = State::Up;
+                }
+                Err(e) => self.down(reg, &format!("cannot register: {e}")),
+            },
+            None => {
+                // A HELLO and SUBs queued for a connect in progress are redone.
+                self.keep_unsent_publishes();
+                self.state = State::Down { retry_at: Instant::now() };
+            }
+        }
+    }
+
     /// Queues a publish; it waits in the buffer while the link is down.
     pub fn publish(&mut self, topic: &[u8], message: &[u8]) {
         Frame::Publish { topic, message }.encode(&mut self.out);

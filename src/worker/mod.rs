@@ -3,12 +3,14 @@
 
 pub mod client;
 pub mod event_loop;
+pub mod handoff;
 pub mod link;
 pub mod pubsub;
 pub mod send_queue;
 pub mod topics;
 
 use std::os::fd::{AsFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,8 @@ pub const ENV: &str = "FANOUT_WORKER";
 pub struct WorkerEnv {
     pub listen_fd: RawFd,
     pub master_fd: RawFd,
+    pub handoff_fd: RawFd,
+    pub takeover_fd: Option<RawFd>,
     pub slot: usize,
     pub config: Config,
 }
@@ -46,39 +50,40 @@ pub fn run_from_env() -> Option<ExitCode> {
     );
     // SAFETY: the master passed these descriptors to this process across exec,
     // named them in ENV, and nothing else in this process owns them.
-    let (listener, master) = unsafe {
-        (
-            std::net::TcpListener::from_raw_fd(env.listen_fd),
-            std::os::unix::net::UnixStream::from_raw_fd(env.master_fd),
-        )
+    let fds = unsafe {
+        event_loop::Inherited {
+            listener: std::net::TcpListener::from_raw_fd(env.listen_fd),
+            master: UnixStream::from_raw_fd(env.master_fd),
+            handoff: UnixStream::from_raw_fd(env.handoff_fd),
+            takeover: env.takeover_fd.map(|fd| UnixStream::from_raw_fd(fd)),
+        }
     };
     // Our own children (none today) must not inherit them.
-    for fd in [listener.as_fd(), master.as_fd()] {
+    let mut inherited = vec![fds.listener.as_fd(), fds.master.as_fd(), fds.handoff.as_fd()];
+    inherited.extend(fds.takeover.as_ref().map(|t| t.as_fd()));
+    for fd in inherited {
         let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     }
     let cfg = env.config;
-    Some(match cfg.role {
-        Role::PubSub(ref p) => {
-            let secret = match load_secret(p.secret_file.as_ref()) {
-                Ok(s) => s.unwrap_or_default(),
-                Err(e) => {
-                    log::error!("{e}");
-                    return Some(ExitCode::FAILURE);
-                }
-            };
-            let svc = pubsub::PubSub::new(&cfg.title, p.clone(), secret);
-            event_loop::run(listener, master, cfg.max_connections, svc)
+    let secret_file = match &cfg.role {
+        Role::PubSub(p) => p.secret_file.as_ref(),
+        Role::Channel(c) => c.secret_file.as_ref(),
+    };
+    let secret = match load_secret(secret_file) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return Some(ExitCode::FAILURE);
         }
-        Role::Channel(ref c) => {
-            let secret = match load_secret(c.secret_file.as_ref()) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::error!("{e}");
-                    return Some(ExitCode::FAILURE);
-                }
-            };
-            let svc = crate::channel::ChannelServer::new(c.clone(), secret);
-            event_loop::run(listener, master, cfg.max_connections, svc)
+    };
+    Some(match cfg.role {
+        Role::PubSub(p) => {
+            let svc = pubsub::PubSub::new(&cfg.title, p, secret.unwrap_or_default());
+            event_loop::run(fds, cfg.max_connections, svc)
+        }
+        Role::Channel(c) => {
+            let svc = crate::channel::ChannelServer::new(c, secret);
+            event_loop::run(fds, cfg.max_connections, svc)
         }
     })
 }

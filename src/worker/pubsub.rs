@@ -2,7 +2,9 @@
 //! clients type, forwards publishes to the channel server over the worker's one
 //! link, and fans what the channel server sends out to local subscribers.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -15,6 +17,8 @@ use slab::Slab;
 
 use super::client::{Client, Held};
 use super::event_loop::Service;
+use super::handoff::{ClientState, HeldState, LinkState, Msg, Sender};
+use super::send_queue::SendQueue;
 use super::link::{self, Link};
 use super::topics::{Remote, TopicId, Topics};
 use crate::config::{PubSubConfig, MAX_SUBSCRIPTIONS};
@@ -75,15 +79,15 @@ impl Clients {
     }
 
     /// Holds the client's next replies until `topic` is confirmed.
-    fn hold(&mut self, key: usize, topic: TopicId) {
-        self.slab[key].held.push_back(Held::Subscription(topic));
+    fn hold(&mut self, key: usize, topic: &[u8]) {
+        self.slab[key].held.push_back(Held::Subscription(topic.into()));
     }
 
     /// Puts `OK subscribed` in the place held for it and releases what follows.
-    fn confirm(&mut self, key: usize, topic: TopicId, name: &[u8]) {
+    fn confirm(&mut self, key: usize, name: &[u8]) {
         let c = &mut self.slab[key];
         for h in c.held.iter_mut() {
-            if matches!(h, Held::Subscription(t) if *t == topic) {
+            if matches!(h, Held::Subscription(t) if **t == *name) {
                 *h = Held::Text([b"OK subscribed ", name, b"\n"].concat());
                 break;
             }
@@ -302,7 +306,7 @@ impl PubSub {
             if confirmed {
                 self.clients.reply(key, &[b"OK subscribed ", name, b"\n"]);
             } else {
-                self.clients.hold(key, id);
+                self.clients.hold(key, name);
             }
         }
     }
@@ -317,7 +321,7 @@ impl PubSub {
             };
             let id = c.topics.swap_remove(pos);
             // Still unconfirmed: its OK goes out now, before the unsubscribe's.
-            self.clients.confirm(key, id, name);
+            self.clients.confirm(key, name);
             self.leave(id, key);
             self.clients.reply(key, &[b"OK unsubscribed ", name, b"\n"]);
         }
@@ -379,9 +383,9 @@ impl PubSub {
                 Frame::SubAck(topic) => {
                     // Subscribers confirmed now must not get lines from before.
                     deliver_batches(topics, touched, clients);
-                    if let Some((id, confirmed)) = topics.acknowledge(topic) {
+                    if let Some((_, confirmed)) = topics.acknowledge(topic) {
                         for key in confirmed {
-                            clients.confirm(key, id, topic);
+                            clients.confirm(key, topic);
                         }
                     }
                 }
@@ -424,9 +428,88 @@ fn deliver_batches(topics: &mut Topics, touched: &mut Vec<TopicId>, clients: &mu
     }
 }
 
+impl PubSub {
+    fn export_client(c: &Client) -> ClientState {
+        ClientState {
+            id: c.id,
+            peer: c.peer,
+            reader: c.reader.clone(),
+            unsent: c.out.unsent(),
+            held: c
+                .held
+                .iter()
+                .map(|h| match h {
+                    Held::Subscription(t) => HeldState::Subscription(t.to_vec()),
+                    Held::Text(t) => HeldState::Text(t.clone()),
+                })
+                .collect(),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            closing: c.closing,
+        }
+    }
+
+    fn import_client(&mut self, s: ClientState, fd: OwnedFd) -> usize {
+        let stream = TcpStream::from_std(std::net::TcpStream::from(fd));
+        let mut c = Client::new(stream, s.peer, s.id);
+        c.reader = s.reader;
+        c.out = SendQueue::from_bytes(s.unsent);
+        c.held = s
+            .held
+            .into_iter()
+            .map(|h| match h {
+                HeldState::Subscription(t) => Held::Subscription(t.into()),
+                HeldState::Text(t) => Held::Text(t),
+            })
+            .collect();
+        c.bytes_in = s.bytes_in;
+        c.bytes_out = s.bytes_out;
+        c.closing = s.closing;
+        self.next_id = self.next_id.max(s.id + 1);
+        self.clients.slab.insert(c)
+    }
+}
+
 impl Service for PubSub {
-    fn start(&mut self, reg: &Registry) {
-        self.link.connect(reg, &[]);
+    fn hand_off(&mut self, to: &mut Sender) -> io::Result<bool> {
+        for (_, c) in &self.clients.slab {
+            to.send(&Msg::Client(Self::export_client(c)), Some(c.stream.as_fd()))?;
+        }
+        let (stream, unsent, unparsed) = self.link.export();
+        let slab = &self.clients.slab;
+        let topics = self.topics.export(|key| slab[key].id);
+        let link = LinkState { unsent, unparsed, topics, lost: self.link.lost };
+        to.send(&Msg::Link(link), stream.map(|s| s.as_fd()))?;
+        Ok(true)
+    }
+
+    fn take_over(&mut self, reg: &Registry, msg: Msg, fd: Option<OwnedFd>) -> io::Result<()> {
+        match (msg, fd) {
+            (Msg::Client(s), Some(fd)) => {
+                self.import_client(s, fd);
+            }
+            (Msg::Link(l), fd) => {
+                let by_id: HashMap<u64, usize> = self.clients.slab.iter().map(|(k, c)| (c.id, k)).collect();
+                for t in l.topics {
+                    let id = self.topics.import(t, |cid| by_id.get(&cid).copied());
+                    let t = self.topics.get(id);
+                    for &key in t.subscribers.iter().chain(&t.waiting) {
+                        self.clients.slab[key].topics.push(id);
+                    }
+                }
+                self.link.lost = l.lost;
+                let stream = fd.map(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
+                self.link.adopt(reg, stream, l.unsent, l.unparsed);
+                for (key, c) in self.clients.slab.iter_mut() {
+                    reg.register(&mut c.stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
+                    mark_dirty(&mut self.clients.dirty, c, key);
+                }
+                // Frames the predecessor had received but not parsed.
+                self.link_unread = true;
+            }
+            (Msg::Client(_), None) => return Err(io::Error::other("a client arrived without its socket")),
+        }
+        Ok(())
     }
 
     fn accept(&mut self, reg: &Registry, mut stream: TcpStream, peer: SocketAddr) {
@@ -467,7 +550,11 @@ impl Service for PubSub {
 
     fn tick(&mut self, reg: &Registry) -> Option<Instant> {
         if std::mem::take(&mut self.link_unread) {
-            self.read_link(reg);
+            // Frames already buffered (taken over from a predecessor) first.
+            match self.on_frames() {
+                Ok(()) => self.read_link(reg),
+                Err(why) => self.link.down(reg, &why),
+            }
         }
         if self.link.due() {
             let ids = self.topics.relink();

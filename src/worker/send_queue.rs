@@ -53,6 +53,25 @@ impl SendQueue {
         self.queued == 0
     }
 
+    /// A queue holding bytes taken over from another worker.
+    pub fn from_bytes(bytes: Vec<u8>) -> SendQueue {
+        let mut q = SendQueue::default();
+        if !bytes.is_empty() {
+            q.queued = bytes.len();
+            q.chunks.push_back(Chunk::Owned(bytes));
+        }
+        q
+    }
+
+    /// Everything not yet written, in order.
+    pub fn unsent(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.queued);
+        for (i, c) in self.chunks.iter().enumerate() {
+            out.extend_from_slice(&c.bytes()[if i == 0 { self.head } else { 0 }..]);
+        }
+        out
+    }
+
     pub fn push_shared(&mut self, bytes: &Rc<[u8]>, msgs: u32) {
         self.queued += bytes.len();
         self.chunks.push_back(Chunk::Shared { bytes: Rc::clone(bytes), msgs });

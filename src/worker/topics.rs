@@ -10,6 +10,8 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
+use super::handoff::TopicState;
+
 pub type TopicId = usize;
 
 #[derive(Debug)]
@@ -140,6 +142,38 @@ impl Topics {
         }
         empty.into_iter().for_each(|id| self.collect(id));
         resubscribe
+    }
+
+    /// Every topic with its remote state, subscribers mapped through `id`.
+    pub fn export(&self, id: impl Fn(usize) -> u64) -> Vec<TopicState> {
+        let ids = |v: &Vec<usize>| v.iter().map(|k| id(*k)).collect();
+        self.topics
+            .iter()
+            .map(|(_, t)| TopicState {
+                name: t.name.to_vec(),
+                subscribers: ids(&t.subscribers),
+                waiting: ids(&t.waiting),
+                remote: t.remote,
+                acks_pending: t.acks_pending,
+            })
+            .collect()
+    }
+
+    /// Restores a topic exported by a predecessor, subscribers mapped through `key`.
+    pub fn import(&mut self, t: TopicState, key: impl Fn(u64) -> Option<usize>) -> TopicId {
+        let keys = |v: Vec<u64>| v.into_iter().filter_map(&key).collect();
+        let name: Box<[u8]> = t.name.into();
+        let id = self.topics.insert(Topic {
+            name: name.clone(),
+            subscribers: keys(t.subscribers),
+            waiting: keys(t.waiting),
+            remote: t.remote,
+            acks_pending: t.acks_pending,
+            batch: Vec::new(),
+            batch_msgs: 0,
+        });
+        self.by_name.insert(name, id);
+        id
     }
 
     /// Forgets a topic nobody wants and nothing is owed for.
