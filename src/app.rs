@@ -261,17 +261,18 @@ fn print_status(s: &Status) {
         s.workers.len()
     );
     println!(
-        "{:>3} {:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9}",
-        "id", "pid", "memory", "conns", "topics", "msgs_in", "msgs_out", "queued", "dropped", "slow", "link", "state"
+        "{:>3} {:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} {}",
+        "id", "pid", "memory", "conns", "topics", "msgs_in", "msgs_out", "queued", "dropped", "slow", "link", "state",
+        "version"
     );
     let mut total = crate::process::control::WorkerStats::default();
     let mut memory = 0;
     for w in &s.workers {
         let t = &w.stats;
         println!(
-            "{:>3} {:>8} {:>7}kB {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9}",
+            "{:>3} {:>8} {:>7}kB {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} {}",
             w.id, w.pid, w.memory_kb, t.connections, t.topics, t.msgs_in, t.msgs_out, t.bytes_queued, t.dropped,
-            t.slow_consumers, t.link, t.state
+            t.slow_consumers, t.link, t.state, t.version
         );
         memory += w.memory_kb;
         total.connections += t.connections;

@@ -56,3 +56,47 @@ fn reload_under_load_loses_and_disconnects_nothing() {
     assert_eq!(conns.as_array().unwrap().len(), 11, "every subscriber connection survived");
     c.stop();
 }
+
+/// Puts `contents` at `path` the way an install does: a new file renamed over
+/// the old one (the running binary cannot be written in place).
+fn install(path: &std::path::Path, contents: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn reload_onto_a_broken_build_stops_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::read(bin("subscriber")).unwrap();
+    let exe = dir.path().join("subscriber");
+    install(&exe, &real);
+    let ch = Server::start("channel-server", dir.path(), &[]);
+    let sub = Server::start_from(&exe, "subscriber", dir.path(), "127.0.0.1:0", &["--channel", &ch.addr, "--count", "2"]);
+    sub.wait_linked();
+    let mut client = sub.connect();
+    client.subscribe(&["topic1"]);
+    let before = sub.worker_pids();
+
+    install(&exe, b"#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n");
+    let out = sub.cmd("reload", &[]);
+    assert!(!out.status.success(), "a reload onto a broken build must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exited before it was ready"), "reason: {err}");
+    assert_eq!(sub.worker_pids(), before, "the old workers keep serving");
+    client.barrier();
+
+    install(&exe, &real);
+    let out = sub.cmd("reload", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = sub.status();
+    for w in status["workers"].as_array().unwrap() {
+        assert!(!before.contains(&(w["pid"].as_i64().unwrap() as i32)));
+        assert!(w["version"].as_str().unwrap().starts_with(env!("CARGO_PKG_VERSION")), "{w}");
+    }
+    client.barrier();
+    sub.stop(&[]);
+    ch.stop(&[]);
+}

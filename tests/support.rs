@@ -22,7 +22,11 @@ pub fn bin(name: &str) -> &'static str {
 
 /// Runs one CLI command of a server binary and returns its output.
 pub fn cli(name: &str, args: &[&str]) -> Output {
-    Command::new(bin(name)).args(args).env("RUST_LOG", "debug").output().expect("run the binary")
+    cli_at(Path::new(bin(name)), args)
+}
+
+pub fn cli_at(exe: &Path, args: &[&str]) -> Output {
+    Command::new(exe).args(args).env("RUST_LOG", "debug").output().expect("run the binary")
 }
 
 /// A daemonised server instance. Dropping it kills its whole process group
@@ -43,13 +47,18 @@ impl Server {
     }
 
     pub fn start_on(name: &'static str, dir: &Path, listen: &str, extra: &[&str]) -> Server {
+        Self::start_from(Path::new(bin(name)), name, dir, listen, extra)
+    }
+
+    /// Starts the binary at `exe` (a copy, say, that a test replaces).
+    pub fn start_from(exe: &Path, name: &'static str, dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let pid_file = dir.join(format!("{name}.pid"));
         let log_file = dir.join(format!("{name}.log"));
         let mut args = vec!["start", "-d", "--listen", listen];
         let (p, l) = (pid_file.to_str().unwrap(), log_file.to_str().unwrap());
         args.extend(["--pid-file", p, "--log-file", l]);
         args.extend(extra);
-        let out = cli(name, &args);
+        let out = cli_at(exe, &args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

@@ -72,6 +72,9 @@ pub struct WorkerStats {
     /// Channel link state ("up", "down", or "-" for the channel server).
     pub link: String,
     pub state: String,
+    /// The package version and the modification time of the binary the
+    /// worker was started from, so a reload onto a rebuilt binary shows.
+    pub version: String,
 }
 
 /// One client connection, for `connections`.

@@ -89,8 +89,9 @@ struct Reload {
 
 enum Step {
     Idle,
-    /// Waiting for the replacement (worker key) to report ready.
-    Starting { key: usize, deadline: Instant },
+    /// Waiting for the replacement (worker key) to report ready; `handoff`:
+    /// it holds the old worker's handoff socket and will take its connections.
+    Starting { key: usize, handoff: bool, deadline: Instant },
     /// Waiting for the replaced worker to hand over (or drain) and exit.
     Retiring { pid: Pid, new: Pid, deadline: Instant },
 }
@@ -299,18 +300,19 @@ impl Master {
                 }
             }
             Mode::Reloading(r) => {
-                if matches!(r.step, Step::Starting { key: k, .. } if k == key) {
+                if let Step::Starting { key: k, handoff, .. } = r.step {
+                    if k != key {
+                        return;
+                    }
                     r.new_pids.push(pid.as_raw() as u32);
                     let old = self.workers.iter_mut().find(|(k, w)| *k != key && w.slot == slot && !w.retiring);
                     match old {
                         Some((_, old)) => {
                             old.retiring = true;
-                            // Pub/sub workers hand their connections over; the
-                            // channel server's single worker drains.
-                            let msg = match self.cfg.role {
-                                Role::PubSub(_) => ToWorker::HandOff,
-                                Role::Channel(_) => ToWorker::Drain,
-                            };
+                            // From here the successor holds the only other end,
+                            // so the old worker sees at once if it dies.
+                            old.handoff = None;
+                            let msg = if handoff { ToWorker::HandOff } else { ToWorker::Drain };
                             let _ = old.link.send(&msg);
                             let deadline = Instant::now() + RETIRE_TIMEOUT;
                             r.step = Step::Retiring { pid: old.pid, new: pid, deadline };
@@ -434,17 +436,23 @@ impl Master {
             }
             return;
         };
+        // Pub/sub workers hand their connections over; the channel server's
+        // single worker drains. The master keeps its copy of the old worker's
+        // handoff socket until the successor is ready, for another try.
         let takeover = match self.cfg.role {
-            Role::PubSub(_) => {
-                let old = self.workers.iter_mut().find(|(_, w)| w.slot == slot && !w.retiring);
-                old.and_then(|(_, w)| w.handoff.take())
-            }
+            Role::PubSub(_) => self
+                .workers
+                .iter()
+                .find(|(_, w)| w.slot == slot && !w.retiring)
+                .and_then(|(_, w)| w.handoff.as_ref())
+                .and_then(|fd| fd.try_clone().ok()),
             Role::Channel(_) => None,
         };
+        let handoff = takeover.is_some();
         match self.spawn(slot, takeover) {
             Ok(key) => {
                 if let Mode::Reloading(r) = &mut self.mode {
-                    r.step = Step::Starting { key, deadline: Instant::now() + READY_TIMEOUT };
+                    r.step = Step::Starting { key, handoff, deadline: Instant::now() + READY_TIMEOUT };
                 }
             }
             Err(e) => self.abort_reload(&format!("cannot start new worker {slot}: {e}")),

@@ -84,6 +84,7 @@ struct Loop {
     max_connections: usize,
     accept_retry: Option<Instant>,
     draining: bool,
+    version: String,
 }
 
 impl Loop {
@@ -105,6 +106,7 @@ impl Loop {
             max_connections,
             accept_retry: None,
             draining: false,
+            version: binary_version(),
         };
         match &mut l.takeover {
             Some(rx) => l.poll.registry().register(&mut rx.sock, HANDOFF, Interest::READABLE)?,
@@ -205,6 +207,7 @@ impl Loop {
                 ToWorker::Stats => {
                     let mut s = svc.stats();
                     s.state = if self.draining { "draining" } else { "running" }.into();
+                    s.version = self.version.clone();
                     self.master.send(&FromWorker::Stats(s))?;
                 }
                 ToWorker::Connections => self.master.send(&FromWorker::Connections(svc.list()))?,
@@ -280,6 +283,44 @@ impl Loop {
             self.set_accepting(true)?;
         }
         Ok(())
+    }
+}
+
+/// `0.1.0 (binary of 2026-11-23 09:46:30 UTC)`.
+fn binary_version() -> String {
+    let modified = std::env::current_exe()
+        .and_then(|p| p.metadata())
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    match modified {
+        Some(d) => format!("{} (binary of {})", env!("CARGO_PKG_VERSION"), utc(d.as_secs())),
+        None => env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// Formats Unix seconds as a UTC date and time (civil-from-days, H. Hinnant).
+fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40 UTC");
+        assert_eq!(super::utc(951_825_600), "2000-02-29 12:00:00 UTC");
     }
 }
 

@@ -610,7 +610,7 @@ impl Service for PubSub {
             dropped: c.dropped + self.link.lost,
             slow_consumers: c.slow_consumers,
             link: self.link.state_name().into(),
-            state: String::new(),
+            ..Default::default()
         }
     }
 
