@@ -163,8 +163,9 @@ pub struct Conn {
     outbuf: Vec<u8>,
 }
 
-/// Most bytes a peer may send without a newline: control messages are small.
-const MAX_CONTROL_LINE: usize = 1 << 20;
+/// Most bytes a peer may send without a newline. The longest message is a
+/// worker's connection list (about 150 bytes a connection).
+const MAX_CONTROL_LINE: usize = 256 << 20;
 
 impl Conn {
     pub fn new(stream: mio::net::UnixStream) -> Conn {
