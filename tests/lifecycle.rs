@@ -76,73 +76,53 @@ fn reload_replaces_workers_and_refuses_no_connection() {
 
 #[test]
 fn channel_server_restart_resubscribes_automatically() {
-    let c = Cluster::start(1, 1);
+    let mut c = Cluster::start(1, 1);
     let mut sub = c.subscriber.connect();
     sub.subscribe(&["topic1"]);
-    let addr = c.channel.addr.clone();
-    let dir = c.dir.path().to_owned();
-    let Cluster { dir: tmp, channel, source, subscriber } = c;
-    channel.stop(&[]);
-    subscriber.wait_status("link down", |s| s["workers"][0]["link"] != "up");
-    let channel = Server::start_on("channel-server", &dir, &addr, &[]);
-    subscriber.wait_linked();
-    source.wait_linked();
-    // The worker re-subscribes by itself; nothing is typed by the client.
-    let mut p = source.connect();
+    let subscriber = &c.subscriber;
+    c.channel.restart(|| {
+        subscriber.wait_status("link down", |s| s["workers"][0]["link"] != "up");
+    });
+    c.subscriber.wait_linked();
+    c.source.wait_linked();
+    // The worker re-subscribes by itself; nothing is typed by the client. The
+    // publisher's worker may reconnect first, so publish until one arrives.
+    let mut p = c.source.connect();
     let deadline = Instant::now() + WAIT;
-    let mut i = 0;
-    loop {
+    sub.stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    for i in 0.. {
         p.send(&format!("publish again {i}"));
-        sub.stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         if let Some(line) = sub.try_line() {
             assert!(line.starts_with("Received [topic1]: again"), "{line}");
             break;
         }
         assert!(Instant::now() < deadline, "no delivery after the channel server came back");
-        i += 1;
     }
-    source.stop(&[]);
-    subscriber.stop(&[]);
-    channel.stop(&[]);
-    drop(tmp);
+    c.stop();
 }
 
 #[test]
 fn publishes_while_channel_is_down_are_delivered_after_it_returns() {
-    let c = Cluster::start(1, 1);
-    let mut sub = c.subscriber.connect();
+    let mut c = Cluster::start(1, 1);
+    // A subscriber on the publisher's own worker: on reconnecting, that worker
+    // sends its SUB ahead of the publishes it buffered, so all must arrive.
+    let mut sub = c.source.connect();
     sub.subscribe(&["topic1"]);
-    let addr = c.channel.addr.clone();
-    let dir = c.dir.path().to_owned();
-    let Cluster { dir: tmp, channel, source, subscriber } = c;
-    channel.stop(&[]);
-    source.wait_status("link down", |s| s["workers"][0]["link"] != "up");
-    let mut p = source.connect();
-    for i in 0..100 {
-        p.send(&format!("publish buffered {i}"));
-    }
-    p.barrier();
-    let channel = Server::start_on("channel-server", &dir, &addr, &[]);
-    // The data-source buffered the publishes, but the subscriber worker must
-    // be subscribed again before they arrive to be delivered: wait for both.
-    subscriber.wait_linked();
-    let _ = source.status();
-    let mut got = Vec::new();
-    sub.stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    while let Some(line) = sub.try_line() {
-        got.push(line);
-        if got.len() == 100 {
-            break;
+    let source = &c.source;
+    c.channel.restart(|| {
+        source.wait_status("link down", |s| s["workers"][0]["link"] != "up");
+        let mut p = source.connect();
+        for i in 0..100 {
+            p.send(&format!("publish buffered {i}"));
         }
+        p.barrier();
+        let s = source.status();
+        assert!(s["workers"][0]["bytes_queued"].as_u64().unwrap() > 0, "buffered while down: {s}");
+    });
+    for i in 0..100 {
+        sub.expect(&format!("Received [topic1]: buffered {i}"));
     }
-    // Ordering between the two workers' reconnections is not controlled here;
-    // what arrives must be in order and without duplicates.
-    let nums: Vec<usize> = got.iter().map(|l| l.rsplit(' ').next().unwrap().parse().unwrap()).collect();
-    assert!(nums.windows(2).all(|w| w[0] < w[1]), "out of order: {nums:?}");
-    source.stop(&[]);
-    subscriber.stop(&[]);
-    channel.stop(&[]);
-    drop(tmp);
+    c.stop();
 }
 
 #[test]
@@ -203,7 +183,7 @@ fn foreground_master_stops_on_sigterm() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let guard = Server { name: "channel-server", pid_file: pid_file.clone(), log_file: dir.path().join("none"), addr: String::new(), master: child.id() as i32 };
+    let guard = Server::adopt("channel-server", child.id() as i32, pid_file.clone());
     let deadline = Instant::now() + WAIT;
     while !pid_file.exists() || guard.cmd("status", &[]).status.code() != Some(0) {
         assert!(Instant::now() < deadline, "foreground server did not come up");

@@ -33,6 +33,8 @@ pub fn cli_at(exe: &Path, args: &[&str]) -> Output {
 /// (the master is a session leader and its workers share its group), so a
 /// failing test leaves nothing behind.
 pub struct Server {
+    exe: PathBuf,
+    extra: Vec<String>,
     pub name: &'static str,
     pub pid_file: PathBuf,
     pub log_file: PathBuf,
@@ -68,7 +70,14 @@ impl Server {
         );
         let addr = stdout.split("listening on ").nth(1).and_then(|s| s.split(';').next()).expect("address").to_owned();
         let master = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-        Server { name, pid_file, log_file, addr, master }
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        Server { exe: exe.to_owned(), extra, name, pid_file, log_file, addr, master }
+    }
+
+    /// Guards a server started some other way (in the foreground, say).
+    pub fn adopt(name: &'static str, master: i32, pid_file: PathBuf) -> Server {
+        let (exe, log_file) = (PathBuf::from(bin(name)), pid_file.with_extension("log"));
+        Server { exe, extra: Vec::new(), name, pid_file, log_file, addr: String::new(), master }
     }
 
     /// Runs a subcommand against this instance.
@@ -119,6 +128,21 @@ impl Server {
 
     /// `stop` and check that every process is gone.
     pub fn stop(self, extra: &[&str]) {
+        self.stop_here(extra);
+    }
+
+    /// Stops the server and starts it again on the same address with the same
+    /// flags, running `while_down` in between.
+    pub fn restart(&mut self, while_down: impl FnOnce()) {
+        self.stop_here(&[]);
+        while_down();
+        let dir = self.pid_file.parent().unwrap().to_owned();
+        let again = Server::start_from(&self.exe, self.name, &dir, &self.addr, &self.extra.iter().map(String::as_str).collect::<Vec<_>>());
+        self.master = again.master;
+        std::mem::forget(again); // the same instance: `self` still guards it
+    }
+
+    fn stop_here(&self, extra: &[&str]) {
         let mut pids = self.worker_pids();
         pids.push(self.master);
         let out = self.cmd("stop", extra);
