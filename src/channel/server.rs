@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::event::Event;
@@ -18,6 +18,9 @@ use crate::protocol::frame::{Frame, FrameReader, VERSION};
 use crate::worker::event_loop::Service;
 
 const READS_PER_EVENT: usize = 16;
+/// A worker over its buffer limit that reads nothing for this long is cut
+/// off, so that one hung worker cannot stop every publisher for good.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A worker subscribes once per topic, so this bounds a peer generously.
 const MAX_PEER_TOPICS: usize = 64 * MAX_SUBSCRIPTIONS;
 
@@ -35,6 +38,8 @@ struct Peer {
     dirty: bool,
     bytes_in: u64,
     bytes_out: u64,
+    /// Over the buffer limit with no write progress since then.
+    stalled_since: Option<Instant>,
 }
 
 impl Peer {
@@ -43,52 +48,80 @@ impl Peer {
     }
 }
 
-pub struct ChannelServer {
-    cfg: ChannelConfig,
-    secret: Option<Vec<u8>>,
-    peers: Slab<Peer>,
-    topics: HashMap<Box<[u8]>, Vec<usize>>,
+/// The links, and the work deferred to the end of the event batch.
+struct Peers {
+    slab: Slab<Peer>,
+    /// Peers with output to write.
     dirty: Vec<usize>,
+    /// A peer is over its buffer limit: publishers wait.
+    congested: bool,
+    max_buffer: usize,
+}
+
+impl Peers {
+    /// Queues bytes for a peer.
+    fn push(&mut self, key: usize, bytes: &[u8]) {
+        let p = &mut self.slab[key];
+        if p.closing {
+            return;
+        }
+        p.out.extend_from_slice(bytes);
+        if p.unsent() > self.max_buffer {
+            self.congested = true;
+            p.stalled_since.get_or_insert_with(Instant::now);
+        }
+        if !p.dirty {
+            p.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+}
+
+pub struct ChannelServer {
+    secret: Option<Vec<u8>>,
+    peers: Peers,
+    topics: HashMap<Box<[u8]>, Vec<usize>>,
     /// Peers with input left unread: their turn ran out, or a receiver is over
     /// its buffer limit and publishers wait until it catches up.
     unread: Vec<usize>,
     to_close: Vec<usize>,
-    congested: bool,
     next_id: u64,
     msgs_in: u64,
     msgs_out: u64,
+    /// Messages discarded with the links of stalled workers.
+    dropped: u64,
+    stalled: u64,
     draining: bool,
 }
 
 impl ChannelServer {
     pub fn new(cfg: ChannelConfig, secret: Option<Vec<u8>>) -> ChannelServer {
         ChannelServer {
-            cfg,
             secret,
-            peers: Slab::new(),
+            peers: Peers { slab: Slab::new(), dirty: Vec::new(), congested: false, max_buffer: cfg.max_link_buffer },
             topics: HashMap::new(),
-            dirty: Vec::new(),
             unread: Vec::new(),
             to_close: Vec::new(),
-            congested: false,
             next_id: 1,
             msgs_in: 0,
             msgs_out: 0,
+            dropped: 0,
+            stalled: 0,
             draining: false,
         }
     }
 
     fn read_peer(&mut self, key: usize) {
-        let Some(p) = self.peers.get_mut(key) else { return };
+        let Some(p) = self.peers.slab.get_mut(key) else { return };
         let mut reader = std::mem::take(&mut p.reader);
         let mut turns = READS_PER_EVENT;
         // Err(None): the peer closed; Err(Some(why)): it broke the protocol.
         let result: Result<(), Option<String>> = loop {
-            let p = &mut self.peers[key];
+            let p = &mut self.peers.slab[key];
             if p.closing || self.draining {
                 break Ok(());
             }
-            if self.congested || turns == 0 {
+            if self.peers.congested || turns == 0 {
                 if !self.unread.contains(&key) {
                     self.unread.push(key);
                 }
@@ -108,7 +141,7 @@ impl ChannelServer {
                 Err(e) => break Err(Some(format!("read failed: {e}"))),
             }
         };
-        let p = &mut self.peers[key];
+        let p = &mut self.peers.slab[key];
         p.reader = reader;
         match result {
             Ok(()) => {}
@@ -118,15 +151,15 @@ impl ChannelServer {
                 warn!("closing link from {}: {why}", p.addr);
                 let mut msg = Vec::new();
                 Frame::Error(why.as_bytes()).encode(&mut msg);
-                self.push(key, &msg);
-                self.peers[key].closing = true;
+                self.peers.push(key, &msg);
+                self.peers.slab[key].closing = true;
             }
         }
     }
 
     fn on_frames(&mut self, key: usize, reader: &mut FrameReader) -> Result<(), String> {
         while let Some((frame, raw)) = reader.next_frame().map_err(|e| e.to_string())? {
-            if !self.peers[key].authed {
+            if !self.peers.slab[key].authed {
                 match frame {
                     Frame::Hello { version, secret } => self.hello(key, version, secret)?,
                     _ => return Err("the first frame must be a hello".into()),
@@ -138,14 +171,13 @@ impl ChannelServer {
                     self.msgs_in += 1;
                     let Some(targets) = self.topics.get(topic) else { continue };
                     self.msgs_out += targets.len() as u64;
-                    for i in 0..targets.len() {
-                        let target = self.topics[topic][i];
-                        self.push(target, raw);
+                    for &target in targets {
+                        self.peers.push(target, raw);
                     }
                 }
                 Frame::Sub(topic) => {
                     check_topic(topic)?;
-                    let p = &mut self.peers[key];
+                    let p = &mut self.peers.slab[key];
                     if !p.topics.iter().any(|t| **t == *topic) {
                         if p.topics.len() >= MAX_PEER_TOPICS {
                             return Err(format!("too many topics (max {MAX_PEER_TOPICS} per worker)"));
@@ -155,10 +187,10 @@ impl ChannelServer {
                     }
                     let mut ack = Vec::new();
                     Frame::SubAck(topic).encode(&mut ack);
-                    self.push(key, &ack);
+                    self.peers.push(key, &ack);
                 }
                 Frame::Unsub(topic) => {
-                    let p = &mut self.peers[key];
+                    let p = &mut self.peers.slab[key];
                     if let Some(i) = p.topics.iter().position(|t| **t == *topic) {
                         p.topics.swap_remove(i);
                         self.remove_subscriber(topic, key);
@@ -179,29 +211,13 @@ impl ChannelServer {
                 return Err("wrong secret".into());
             }
         }
-        let p = &mut self.peers[key];
+        let p = &mut self.peers.slab[key];
         p.authed = true;
         info!("worker link from {} accepted", p.addr);
         let mut welcome = Vec::new();
         Frame::Welcome { version: VERSION }.encode(&mut welcome);
-        self.push(key, &welcome);
+        self.peers.push(key, &welcome);
         Ok(())
-    }
-
-    /// Queues bytes for a peer; a peer over its limit makes publishers wait.
-    fn push(&mut self, key: usize, bytes: &[u8]) {
-        let p = &mut self.peers[key];
-        if p.closing {
-            return;
-        }
-        p.out.extend_from_slice(bytes);
-        if p.unsent() > self.cfg.max_link_buffer {
-            self.congested = true;
-        }
-        if !p.dirty {
-            p.dirty = true;
-            self.dirty.push(key);
-        }
     }
 
     fn remove_subscriber(&mut self, topic: &[u8], key: usize) {
@@ -214,7 +230,7 @@ impl ChannelServer {
     }
 
     fn flush(&mut self, key: usize) {
-        let Some(p) = self.peers.get_mut(key) else { return };
+        let Some(p) = self.peers.slab.get_mut(key) else { return };
         p.dirty = false;
         while p.sent < p.out.len() {
             match p.stream.write(&p.out[p.sent..]) {
@@ -222,6 +238,7 @@ impl ChannelServer {
                 Ok(n) => {
                     p.sent += n;
                     p.bytes_out += n as u64;
+                    p.stalled_since = None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -247,8 +264,30 @@ impl ChannelServer {
         }
     }
 
+    /// Closes the links of workers that stopped reading; what was queued for
+    /// them is counted as dropped. They reconnect and subscribe again.
+    fn cut_off_stalled(&mut self) {
+        let now = Instant::now();
+        for (key, p) in self.peers.slab.iter_mut() {
+            if p.closing || !p.stalled_since.is_some_and(|t| now - t >= STALL_TIMEOUT) {
+                continue;
+            }
+            let frames = count_frames(&p.out[p.sent..]);
+            warn!(
+                "worker at {} read nothing for {STALL_TIMEOUT:?} with {} bytes queued: closing its link, dropping {frames} message(s)",
+                p.addr,
+                p.unsent()
+            );
+            self.dropped += frames;
+            self.stalled += 1;
+            p.closing = true;
+            p.stalled_since = None;
+            self.to_close.push(key);
+        }
+    }
+
     fn close(&mut self, reg: &Registry, key: usize) {
-        let Some(mut p) = self.peers.try_remove(key) else { return };
+        let Some(mut p) = self.peers.slab.try_remove(key) else { return };
         let _ = reg.deregister(&mut p.stream);
         for t in &p.topics {
             self.remove_subscriber(t, key);
@@ -260,7 +299,7 @@ impl ChannelServer {
 
 impl Service for ChannelServer {
     fn accept(&mut self, reg: &Registry, mut stream: TcpStream, addr: SocketAddr) {
-        let entry = self.peers.vacant_entry();
+        let entry = self.peers.slab.vacant_entry();
         if let Err(e) = reg.register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE) {
             warn!("cannot register {addr}: {e}");
             return;
@@ -278,6 +317,7 @@ impl Service for ChannelServer {
             dirty: false,
             bytes_in: 0,
             bytes_out: 0,
+            stalled_since: None,
         });
         self.next_id += 1;
     }
@@ -293,51 +333,58 @@ impl Service for ChannelServer {
     }
 
     fn tick(&mut self, reg: &Registry) -> Option<Instant> {
-        for key in std::mem::take(&mut self.dirty) {
+        for key in std::mem::take(&mut self.peers.dirty) {
             self.flush(key);
         }
-        let limit = self.cfg.max_link_buffer / 2;
-        self.congested = self.peers.iter().any(|(_, p)| p.unsent() > limit);
-        if !self.congested {
+        let limit = self.peers.max_buffer / 2;
+        self.peers.congested = self.peers.slab.iter().any(|(_, p)| p.unsent() > limit);
+        if !self.peers.congested {
             for key in std::mem::take(&mut self.unread) {
                 self.read_peer(key);
             }
-            for key in std::mem::take(&mut self.dirty) {
+            for key in std::mem::take(&mut self.peers.dirty) {
                 self.flush(key);
             }
         }
+        self.cut_off_stalled();
         for key in std::mem::take(&mut self.to_close) {
             self.close(reg, key);
         }
-        (!self.unread.is_empty() && !self.congested).then(Instant::now)
+        if !self.unread.is_empty() && !self.peers.congested {
+            Some(Instant::now())
+        } else {
+            self.peers.slab.iter().filter_map(|(_, p)| p.stalled_since).min().map(|t| t + STALL_TIMEOUT)
+        }
     }
 
     fn connections(&self) -> usize {
-        self.peers.len()
+        self.peers.slab.len()
     }
 
     fn drain(&mut self, _reg: &Registry) {
         self.draining = true;
-        for (key, p) in self.peers.iter_mut() {
+        for (key, p) in self.peers.slab.iter_mut() {
             p.closing = true;
             if !p.dirty {
                 p.dirty = true;
-                self.dirty.push(key);
+                self.peers.dirty.push(key);
             }
         }
     }
 
     fn drained(&self) -> bool {
-        self.peers.is_empty()
+        self.peers.slab.is_empty()
     }
 
     fn stats(&self) -> WorkerStats {
         WorkerStats {
-            connections: self.peers.len() as u64,
+            connections: self.peers.slab.len() as u64,
             topics: self.topics.len() as u64,
             msgs_in: self.msgs_in,
             msgs_out: self.msgs_out,
-            bytes_queued: self.peers.iter().map(|(_, p)| p.unsent() as u64).sum(),
+            bytes_queued: self.peers.slab.iter().map(|(_, p)| p.unsent() as u64).sum(),
+            dropped: self.dropped,
+            slow_consumers: self.stalled,
             link: "-".into(),
             ..Default::default()
         }
@@ -346,6 +393,7 @@ impl Service for ChannelServer {
     fn list(&self) -> Vec<ConnInfo> {
         let pid = std::process::id();
         self.peers
+            .slab
             .iter()
             .map(|(_, p)| ConnInfo {
                 worker_pid: pid,
@@ -358,6 +406,17 @@ impl Service for ChannelServer {
             })
             .collect()
     }
+}
+
+/// How many whole frames `buf` holds (a partly written one counts too).
+fn count_frames(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while buf.len() >= 4 {
+        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        buf = &buf[(4 + len).min(buf.len())..];
+        n += 1;
+    }
+    n
 }
 
 /// Compares secrets without stopping at the first difference.
