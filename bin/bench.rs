@@ -108,7 +108,7 @@ struct RunArgs {
     #[arg(long)]
     rate: Option<u64>,
     /// Most messages per subscriber published but not yet received; 0 = no limit
-    /// [fanout/topics 1000, latency 0, conns 1]
+    /// [fanout/topics 1 000 000 / subs within 1000..=10000, latency 0, conns 1]
     #[arg(long)]
     window: Option<u64>,
     /// Payload bytes (at least 32: sequence number and timestamp in hex)
@@ -174,8 +174,9 @@ impl Plan {
             Latency => rate * 5,
             Conns => 10,
         });
+        // About a million deliveries in flight at most, 1000 to 10 000 per subscriber.
         let window = a.window.unwrap_or(match a.scenario {
-            Fanout | Topics => 1000,
+            Fanout | Topics => (1_000_000 / subs as u64).clamp(1000, 10_000),
             Latency => 0,
             Conns => 1,
         });
@@ -389,9 +390,8 @@ fn decode_nats(buf: &[u8]) -> Decoded<'_> {
     let line = &buf[..nl];
     let ev = if let Some(args) = after(line, b"MSG ") {
         // MSG <subject> <sid> [reply-to] <#bytes>
-        let mut fields = args.split(|&b| b == b' ').filter(|f| !f.is_empty());
-        let topic = fields.next().ok_or("bad MSG line")?;
-        let len: usize = num(fields.last().ok_or("bad MSG line")?)?;
+        let topic = args.split(|&b| b == b' ').find(|f| !f.is_empty()).ok_or("bad MSG line")?;
+        let len: usize = num(args.rsplit(|&b| b == b' ').find(|f| !f.is_empty()).ok_or("bad MSG line")?)?;
         let start = nl + 2;
         if buf.len() < start + len + 2 {
             return Ok(None);
@@ -457,8 +457,8 @@ fn decode_resp(buf: &[u8]) -> Decoded<'_> {
     let (mut pos, mut items) = (nl + 2, [&b""[..]; 3]);
     for i in 0..n {
         let Some((v, next)) = resp_scalar(buf, pos)? else { return Ok(None) };
-        if let (Resp::Str(s), true) = (v, i < 3) {
-            items[i] = s;
+        if let (Resp::Str(s), Some(item)) = (v, items.get_mut(i)) {
+            *item = s;
         }
         pos = next;
     }
