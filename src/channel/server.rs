@@ -20,7 +20,7 @@ use crate::worker::event_loop::Service;
 const READS_PER_EVENT: usize = 16;
 /// A worker over its buffer limit that reads nothing for this long is cut
 /// off, so that one hung worker cannot stop every publisher for good.
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A worker subscribes once per topic, so this bounds a peer generously.
 const MAX_PEER_TOPICS: usize = 64 * MAX_SUBSCRIPTIONS;
 
@@ -38,7 +38,7 @@ struct Peer {
     dirty: bool,
     bytes_in: u64,
     bytes_out: u64,
-    /// Over the buffer limit with no write progress since then.
+    /// Holding publishers up, with no write progress since then.
     stalled_since: Option<Instant>,
 }
 
@@ -68,7 +68,6 @@ impl Peers {
         p.out.extend_from_slice(bytes);
         if p.unsent() > self.max_buffer {
             self.congested = true;
-            p.stalled_since.get_or_insert_with(Instant::now);
         }
         if !p.dirty {
             p.dirty = true;
@@ -259,8 +258,10 @@ impl ChannelServer {
                 self.to_close.push(key);
             }
         } else if p.sent > p.out.len() / 2 {
-            p.out.drain(..p.sent);
-            p.sent = 0;
+            // Keep `out` starting at a frame, so queued frames can be counted.
+            let start = frame_boundary(&p.out, p.sent);
+            p.out.drain(..start);
+            p.sent -= start;
         }
     }
 
@@ -272,7 +273,7 @@ impl ChannelServer {
             if p.closing || !p.stalled_since.is_some_and(|t| now - t >= STALL_TIMEOUT) {
                 continue;
             }
-            let frames = count_frames(&p.out[p.sent..]);
+            let frames = count_frames(&p.out[frame_boundary(&p.out, p.sent)..]);
             warn!(
                 "worker at {} read nothing for {STALL_TIMEOUT:?} with {} bytes queued: closing its link, dropping {frames} message(s)",
                 p.addr,
@@ -336,8 +337,23 @@ impl Service for ChannelServer {
         for key in std::mem::take(&mut self.peers.dirty) {
             self.flush(key);
         }
-        let limit = self.peers.max_buffer / 2;
-        self.peers.congested = self.peers.slab.iter().any(|(_, p)| p.unsent() > limit);
+        self.cut_off_stalled();
+        for key in std::mem::take(&mut self.to_close) {
+            self.close(reg, key);
+        }
+        // Publishers wait from when a link goes over its limit until every
+        // link is back under half of it; a link holding them up without
+        // taking any data is timed.
+        let (half, now, was) = (self.peers.max_buffer / 2, Instant::now(), self.peers.congested);
+        self.peers.congested = false;
+        for (_, p) in self.peers.slab.iter_mut() {
+            if was && p.unsent() > half {
+                self.peers.congested = true;
+                p.stalled_since.get_or_insert(now);
+            } else {
+                p.stalled_since = None;
+            }
+        }
         if !self.peers.congested {
             for key in std::mem::take(&mut self.unread) {
                 self.read_peer(key);
@@ -345,10 +361,9 @@ impl Service for ChannelServer {
             for key in std::mem::take(&mut self.peers.dirty) {
                 self.flush(key);
             }
-        }
-        self.cut_off_stalled();
-        for key in std::mem::take(&mut self.to_close) {
-            self.close(reg, key);
+            for key in std::mem::take(&mut self.to_close) {
+                self.close(reg, key);
+            }
         }
         if !self.unread.is_empty() && !self.peers.congested {
             Some(Instant::now())
@@ -408,7 +423,21 @@ impl Service for ChannelServer {
     }
 }
 
-/// How many whole frames `buf` holds (a partly written one counts too).
+/// The start of the frame that byte `at` of `buf` (which starts at a frame)
+/// belongs to, or `at` itself if a frame starts there.
+fn frame_boundary(buf: &[u8], at: usize) -> usize {
+    let mut pos = 0;
+    while pos + 4 <= buf.len() {
+        let end = pos + 4 + u32::from_be_bytes(buf[pos..pos + 4].try_into().unwrap()) as usize;
+        if end > at {
+            return pos;
+        }
+        pos = end;
+    }
+    pos
+}
+
+/// How many frames `buf` (starting at a frame) holds.
 fn count_frames(mut buf: &[u8]) -> u64 {
     let mut n = 0;
     while buf.len() >= 4 {
@@ -422,4 +451,24 @@ fn count_frames(mut buf: &[u8]) -> u64 {
 /// Compares secrets without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_counted_from_the_one_being_written() {
+        let mut buf = Vec::new();
+        for m in [&b"aa"[..], b"bbbb", b"c"] {
+            Frame::Publish { topic: b"t", message: m }.encode(&mut buf);
+        }
+        // Frame lengths on the wire: 4 + 1 + 1 + 1 + len(message) = 9, 11, 8.
+        assert_eq!(frame_boundary(&buf, 0), 0);
+        assert_eq!(frame_boundary(&buf, 8), 0);
+        assert_eq!(frame_boundary(&buf, 9), 9);
+        assert_eq!(frame_boundary(&buf, 25), 20);
+        assert_eq!(count_frames(&buf[frame_boundary(&buf, 10)..]), 2);
+        assert_eq!(count_frames(&buf), 3);
+    }
 }
