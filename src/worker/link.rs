@@ -129,6 +129,8 @@ impl Link {
             Ok(s) => s,
             Err(e) => return self.down(reg, &format!("cannot connect: {e}")),
         };
+        // Frames are small and latency matters: no Nagle delay.
+        let _ = stream.set_nodelay(true);
         if let Err(e) = reg.register(&mut stream, TOKEN, Interest::READABLE | Interest::WRITABLE) {
             return self.down(reg, &format!("cannot register: {e}"));
         }
