@@ -195,20 +195,28 @@ impl PubSub {
 
     fn read_client(&mut self, key: usize) {
         let mut buf = std::mem::take(&mut self.read_buf);
+        let more = self.read_turns(key, &mut buf);
+        self.read_buf = buf;
+        if more && !self.clients.unread.contains(&key) {
+            self.clients.unread.push(key); // come back after the others
+        }
+    }
+
+    /// Reads and handles a client's input for a few turns. Returns true if
+    /// input may be left: backpressure, or the turns ran out.
+    fn read_turns(&mut self, key: usize, buf: &mut [u8]) -> bool {
         for _ in 0..READS_PER_EVENT {
-            let Some(c) = self.clients.slab.get_mut(key) else { break };
+            let Some(c) = self.clients.slab.get_mut(key) else { return false };
             if c.closing || self.draining {
-                break;
+                return false;
             }
             if self.link.congested() {
-                // Backpressure: leave the input in the socket until the link drains.
-                self.clients.unread.push(key);
-                break;
+                return true; // leave the input in the socket until the link drains
             }
-            match c.stream.read(&mut buf) {
+            match c.stream.read(buf) {
                 Ok(0) => {
                     self.clients.to_close.push(key);
-                    break;
+                    return false;
                 }
                 Ok(n) => {
                     c.bytes_in += n as u64;
@@ -216,23 +224,16 @@ impl PubSub {
                     reader.feed(&mut buf[..n], self.max_line, |line| self.on_line(key, line));
                     self.clients.slab[key].reader = reader;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.read_buf = buf;
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("{}: read failed: {e}", c.peer);
                     self.clients.to_close.push(key);
-                    break;
+                    return false;
                 }
             }
         }
-        // Out of turns with input possibly left: come back after the others.
-        if self.clients.slab.get(key).is_some_and(|c| !c.closing) && !self.clients.unread.contains(&key) {
-            self.clients.unread.push(key);
-        }
-        self.read_buf = buf;
+        true
     }
 
     fn on_line(&mut self, key: usize, line: Line<'_>) {
