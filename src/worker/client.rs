@@ -22,6 +22,8 @@ pub struct Client {
     pub closing: bool,
     /// Waiting in the flush list.
     pub dirty: bool,
+    /// Not read while too much output waits for it.
+    pub input_paused: bool,
     /// Replies held back behind a subscription that the channel server has not
     /// confirmed yet, so that replies come in the order of the commands.
     pub held: VecDeque<Held>,
@@ -46,6 +48,7 @@ impl Client {
             bytes_out: 0,
             closing: false,
             dirty: false,
+            input_paused: false,
             held: VecDeque::new(),
         }
     }

@@ -83,6 +83,8 @@ struct Loop {
     takeover: Option<Receiver>,
     max_connections: usize,
     accept_retry: Option<Instant>,
+    /// Accepting failed (descriptors exhausted): warned once, quiet until it works.
+    accept_failing: bool,
     draining: bool,
     version: String,
 }
@@ -105,6 +107,7 @@ impl Loop {
             takeover,
             max_connections,
             accept_retry: None,
+            accept_failing: false,
             draining: false,
             version: binary_version(),
         };
@@ -175,6 +178,9 @@ impl Loop {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
+                    if std::mem::take(&mut self.accept_failing) {
+                        info!("accepting connections again");
+                    }
                     if svc.connections() >= self.max_connections {
                         debug!("refusing {peer}: {} connections", self.max_connections);
                         let msg = format!("ERR too many connections (limit {} per worker)\n", self.max_connections);
@@ -190,7 +196,9 @@ impl Loop {
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: the pending connection stays queued and
                     // the listener will not signal again, so retry on a timer.
-                    warn!("accept failed: {e}; retrying in {ACCEPT_RETRY:?} (raise `ulimit -n`?)");
+                    if !std::mem::replace(&mut self.accept_failing, true) {
+                        warn!("accept failed: {e}; retrying every {ACCEPT_RETRY:?} until it works (raise `ulimit -n`?)");
+                    }
                     self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }

@@ -60,7 +60,7 @@ impl Clients {
         let c = &mut self.slab[key];
         if c.held.is_empty() {
             c.out.push_bytes(parts);
-            return mark_dirty(&mut self.dirty, c, key);
+            return self.check_queue(key);
         }
         if let Some(Held::Text(t)) = c.held.back_mut() {
             parts.iter().for_each(|p| t.extend_from_slice(p));
@@ -103,10 +103,8 @@ impl Clients {
         self.reply(key, &[b"ERR ", msg.as_bytes(), b"\n"]);
     }
 
-    /// Queues a shared batch of `msgs` lines for one subscriber. A subscriber
-    /// whose queue goes over the limit is a slow consumer: what it has not
-    /// started to receive is dropped, it gets a last `ERR slow consumer` line,
-    /// and it is disconnected; the other subscribers are not held back.
+    /// Queues a shared batch of `msgs` lines for one subscriber; a slow one
+    /// is cut off (`check_queue`) and the others are not held back.
     fn deliver(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) {
         let c = &mut self.slab[key];
         if c.closing {
@@ -115,7 +113,16 @@ impl Clients {
         }
         c.out.push_shared(bytes, msgs);
         self.counters.msgs_out += u64::from(msgs);
-        if c.out.queued() > self.max_send_queue {
+        self.check_queue(key);
+    }
+
+    /// Marks a client for flushing. One whose queue is over the limit is a
+    /// slow consumer: what it has not started to receive is dropped, it gets a
+    /// last `ERR slow consumer` line and is disconnected. (Replies count too: a
+    /// client that sends commands and never reads their answers is one.)
+    fn check_queue(&mut self, key: usize) {
+        let c = &mut self.slab[key];
+        if c.out.queued() > self.max_send_queue && !c.closing {
             self.counters.dropped += c.out.discard_unsent();
             self.counters.slow_consumers += 1;
             warn!("{} is a slow consumer (over {} bytes queued): disconnecting", c.peer, self.max_send_queue);
@@ -134,6 +141,10 @@ impl Clients {
                 c.bytes_out += n as u64;
                 if c.closing && c.out.is_empty() {
                     self.to_close.push(key);
+                }
+                if c.input_paused && c.out.queued() <= self.max_send_queue / 4 {
+                    c.input_paused = false;
+                    self.unread.push(key);
                 }
             }
             Err(e) => {
@@ -212,6 +223,11 @@ impl PubSub {
             }
             if self.link.congested() {
                 return true; // leave the input in the socket until the link drains
+            }
+            if c.out.queued() > self.clients.max_send_queue / 2 {
+                // It is not reading its replies: no more commands until it does.
+                c.input_paused = true;
+                return false;
             }
             match c.stream.read(buf) {
                 Ok(0) => {
