@@ -275,3 +275,86 @@ impl Client {
         std::io::Read::read_to_end(&mut self.reader, &mut rest).is_ok()
     }
 }
+
+// ---- helpers for the robustness tests (added; nothing above depends on them) ----
+
+impl Cluster {
+    /// Like `start`, with extra `start` flags for each of the three servers.
+    pub fn start_with(sources: usize, subscribers: usize, channel: &[&str], source: &[&str], subscriber: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = Server::start("channel-server", dir.path(), channel);
+        let ch = channel.addr.clone();
+        let (n, m) = (sources.to_string(), subscribers.to_string());
+        let mut a = vec!["--channel", ch.as_str(), "--count", n.as_str()];
+        a.extend(source);
+        let source = Server::start("data-source", dir.path(), &a);
+        let mut b = vec!["--channel", ch.as_str(), "--count", m.as_str()];
+        b.extend(subscriber);
+        let subscriber = Server::start("subscriber", dir.path(), &b);
+        source.wait_linked();
+        subscriber.wait_linked();
+        Cluster { dir, channel, source, subscriber }
+    }
+}
+
+/// Resident memory of a process in kB (VmRSS from /proc; 0 once it is gone).
+pub fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl Server {
+    /// The master's pid and every worker's.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids = self.worker_pids();
+        pids.push(self.master);
+        pids
+    }
+
+    /// The pid of the worker serving `client` (from `connections --json`,
+    /// matched on the client's local address).
+    pub fn worker_of(&self, client: &Client) -> i32 {
+        let me = client.stream.local_addr().unwrap().to_string();
+        let out = self.cmd("connections", &["--json"]);
+        let conns: Value = serde_json::from_slice(&out.stdout).expect("connections JSON");
+        let c = conns.as_array().unwrap().iter().find(|c| c["peer"] == me.as_str());
+        c.unwrap_or_else(|| panic!("{me} is not a connection of {}: {conns}", self.name))["worker_pid"].as_i64().unwrap() as i32
+    }
+
+    /// Sums a numeric field of `status` over the workers.
+    pub fn total(&self, field: &str) -> u64 {
+        let s = self.status();
+        s["workers"].as_array().unwrap().iter().map(|w| w[field].as_u64().unwrap_or(0)).sum()
+    }
+
+    /// Waits until the log contains `needle` (bounded by WAIT).
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {needle:?} in the log of {}:\n{log}", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Client {
+    /// The next line as raw bytes, without its newline; None on EOF, error or timeout.
+    pub fn try_line_bytes(&mut self) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                assert_eq!(buf.pop(), Some(b'\n'), "a line cut short by EOF: {:?}", String::from_utf8_lossy(&buf));
+                Some(buf)
+            }
+        }
+    }
+}

@@ -1,8 +1,8 @@
 //! The channel server's service: one connection ("peer") per worker.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -21,6 +21,9 @@ const READS_PER_EVENT: usize = 16;
 /// A worker over its buffer limit that reads nothing for this long is cut
 /// off, so that one hung worker cannot stop every publisher for good.
 const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a link closed for breaking the protocol may take to receive its
+/// ERROR frame and finish sending (see `Peer::linger`).
+const ERROR_LINGER: Duration = Duration::from_secs(2);
 /// A worker subscribes once per topic, so this bounds a peer generously.
 const MAX_PEER_TOPICS: usize = 64 * MAX_SUBSCRIPTIONS;
 
@@ -40,6 +43,15 @@ struct Peer {
     bytes_out: u64,
     /// Holding publishers up, with no write progress since then.
     stalled_since: Option<Instant>,
+    /// Closed for breaking the protocol: the ERROR frame is written, then our
+    /// side is shut down, and its input is read and thrown away until it
+    /// closes too or this deadline passes. Closing a socket with input unread
+    /// resets the connection, and the peer would lose the ERROR frame unread.
+    linger: Option<Instant>,
+    /// Our side is shut down after the ERROR frame.
+    shut: bool,
+    /// The peer has finished sending (while lingering).
+    eof: bool,
 }
 
 impl Peer {
@@ -112,6 +124,9 @@ impl ChannelServer {
 
     fn read_peer(&mut self, key: usize) {
         let Some(p) = self.peers.slab.get_mut(key) else { return };
+        if p.linger.is_some() {
+            return self.discard(key);
+        }
         let mut reader = std::mem::take(&mut p.reader);
         let mut turns = READS_PER_EVENT;
         // Err(None): the peer closed; Err(Some(why)): it broke the protocol.
@@ -146,13 +161,56 @@ impl ChannelServer {
             Ok(()) => {}
             Err(None) => self.to_close.push(key),
             Err(Some(why)) => {
-                // Tell the worker why, then close: a clean end it can log.
                 warn!("closing link from {}: {why}", p.addr);
-                let mut msg = Vec::new();
-                Frame::Error(why.as_bytes()).encode(&mut msg);
-                self.peers.push(key, &msg);
-                self.peers.slab[key].closing = true;
+                self.fail(key, &why);
             }
+        }
+    }
+
+    /// Tells a peer that broke the protocol why, then closes its link cleanly:
+    /// what was queued for it after the frame being written is dropped, the
+    /// ERROR frame follows, and the link lingers (see `Peer::linger`).
+    fn fail(&mut self, key: usize, why: &str) {
+        let p = &mut self.peers.slab[key];
+        let at = frame_boundary(&p.out, p.sent);
+        let keep = match at < p.sent {
+            true => at + 4 + u32::from_be_bytes(p.out[at..at + 4].try_into().unwrap()) as usize,
+            false => p.sent,
+        };
+        self.dropped += count_publishes(&p.out[keep..]);
+        p.out.truncate(keep);
+        Frame::Error(why.as_bytes()).encode(&mut p.out);
+        p.closing = true;
+        p.linger = Some(Instant::now() + ERROR_LINGER);
+        if !p.dirty {
+            p.dirty = true;
+            self.peers.dirty.push(key);
+        }
+        // Input already in the socket will not be signalled again.
+        self.discard(key);
+    }
+
+    /// Reads and throws away the input of a lingering peer.
+    fn discard(&mut self, key: usize) {
+        let Some(p) = self.peers.slab.get_mut(key) else { return };
+        let mut buf = [0u8; 16 * 1024];
+        for _ in 0..4 * READS_PER_EVENT {
+            match p.stream.read(&mut buf) {
+                Ok(0) => {
+                    p.eof = true;
+                    if p.shut {
+                        self.to_close.push(key);
+                    }
+                    return;
+                }
+                Ok(n) => p.bytes_in += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.to_close.push(key),
+            }
+        }
+        if !self.unread.contains(&key) {
+            self.unread.push(key); // more next turn
         }
     }
 
@@ -254,7 +312,16 @@ impl ChannelServer {
             if p.out.capacity() > 1 << 20 {
                 p.out = Vec::new();
             }
-            if p.closing {
+            if p.closing && p.linger.is_some() {
+                // The ERROR frame is out: end our side, wait for the peer's.
+                if !p.shut {
+                    p.shut = true;
+                    let _ = p.stream.shutdown(Shutdown::Write);
+                }
+                if p.eof {
+                    self.to_close.push(key);
+                }
+            } else if p.closing {
                 self.to_close.push(key);
             }
         } else if p.sent > p.out.len() / 2 {
@@ -319,6 +386,9 @@ impl Service for ChannelServer {
             bytes_in: 0,
             bytes_out: 0,
             stalled_since: None,
+            linger: None,
+            shut: false,
+            eof: false,
         });
         self.next_id += 1;
     }
@@ -338,6 +408,13 @@ impl Service for ChannelServer {
             self.flush(key);
         }
         self.cut_off_stalled();
+        let now = Instant::now();
+        for (key, p) in self.peers.slab.iter() {
+            if p.linger.is_some_and(|t| t <= now) {
+                debug!("{}: closing after the ERROR frame", p.addr);
+                self.to_close.push(key);
+            }
+        }
         for key in std::mem::take(&mut self.to_close) {
             self.close(reg, key);
         }
@@ -368,7 +445,9 @@ impl Service for ChannelServer {
         if !self.unread.is_empty() && !self.peers.congested {
             Some(Instant::now())
         } else {
-            self.peers.slab.iter().filter_map(|(_, p)| p.stalled_since).min().map(|t| t + STALL_TIMEOUT)
+            let stall = self.peers.slab.iter().filter_map(|(_, p)| p.stalled_since).min().map(|t| t + STALL_TIMEOUT);
+            let linger = self.peers.slab.iter().filter_map(|(_, p)| p.linger).min();
+            stall.into_iter().chain(linger).min()
         }
     }
 
@@ -448,6 +527,17 @@ fn count_frames(mut buf: &[u8]) -> u64 {
     n
 }
 
+/// How many publish frames `buf` (whole frames) holds.
+fn count_publishes(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while buf.len() >= 5 {
+        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        n += u64::from(buf[4] == Frame::PUBLISH_KIND);
+        buf = &buf[(4 + len).min(buf.len())..];
+    }
+    n
+}
+
 /// Compares secrets without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -470,5 +560,8 @@ mod tests {
         assert_eq!(frame_boundary(&buf, 25), 20);
         assert_eq!(count_frames(&buf[frame_boundary(&buf, 10)..]), 2);
         assert_eq!(count_frames(&buf), 3);
+        Frame::SubAck(b"t").encode(&mut buf);
+        assert_eq!(count_publishes(&buf), 3);
+        assert_eq!(count_publishes(&buf[9..]), 2);
     }
 }
