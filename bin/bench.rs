@@ -1484,6 +1484,7 @@ fn metrics(s: Scenario) -> Vec<Metric> {
             ("p50 µs ↓", |r| r.lat_p50_us),
             ("p99 µs ↓", |r| r.lat_p99_us),
             ("p99.9 µs ↓", |r| r.lat_p999_us),
+            ("(bench) send lag p99 µs ↓", |r| r.pub_lag_p99_us),
         ],
         Scenario::Conns => vec![
             ("server bytes/conn ↓", |r| r.bytes_per_conn),

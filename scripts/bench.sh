@@ -17,7 +17,9 @@
 #   --keep            keep the temporary directory (pid files, server logs)
 #   --bench-args "A"  extra arguments for every fanout-bench run (e.g. --sub-threads 1)
 # Environment: SUB_WORKERS, DS_WORKERS (worker processes of our subscriber and
-#   data-source servers, default 1 each), SEND_QUEUE (their --max-send-queue).
+#   data-source servers, default 1 each), SEND_QUEUE (their --max-send-queue),
+#   FANOUT_REV (what to call the measured build in the header; default: the
+#   git revision when built here, else the --bin-dir path).
 #
 # Every server is started on a free loopback port with its own pid and log
 # files in a temporary directory, freshly for each run, and stopped on exit.
@@ -56,7 +58,9 @@ if [ -z "$BIN_DIR" ]; then
     log "building (cargo build --release)"
     cargo build --release --quiet
     BIN_DIR=target/release
+    FANOUT_REV=${FANOUT_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src bin 2>/dev/null || echo '+changes')}
 fi
+FANOUT_REV=${FANOUT_REV:-"binaries in $BIN_DIR"}
 BENCH="$BIN_DIR/fanout-bench"
 [ -x "$BENCH" ] || { log "$BENCH not found"; exit 1; }
 
@@ -224,7 +228,7 @@ done < <(scenarios)
 {
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); mode: $MODE; runs per cell: $RUNS"
     echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; kernel $(uname -r)"
-    echo "Versions: fanout $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(rustc --version 2>/dev/null || echo 'rustc ?')" \
+    echo "Versions: fanout $FANOUT_REV, $(rustc --version 2>/dev/null || echo 'rustc ?')" \
         "$(command -v nats-server >/dev/null && echo ", nats-server $(nats-server --version | awk '{print $2}')")" \
         "$(command -v redis-server >/dev/null && echo ", redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2)")"
     echo "Our servers: subscriber --count $SUB_WORKERS, data-source --count $DS_WORKERS${SEND_QUEUE:+, --max-send-queue $SEND_QUEUE}"
