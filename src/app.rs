@@ -261,9 +261,8 @@ fn print_status(s: &Status) {
         s.workers.len()
     );
     println!(
-        "{:>3} {:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} {}",
-        "id", "pid", "memory", "conns", "topics", "msgs_in", "msgs_out", "queued", "dropped", "slow", "link", "state",
-        "version"
+        "{:>3} {:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} version",
+        "id", "pid", "memory", "conns", "topics", "msgs_in", "msgs_out", "queued", "dropped", "slow", "link", "state"
     );
     let mut total = crate::process::control::WorkerStats::default();
     let mut memory = 0;

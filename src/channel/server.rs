@@ -337,7 +337,7 @@ impl ChannelServer {
     fn cut_off_stalled(&mut self) {
         let now = Instant::now();
         for (key, p) in self.peers.slab.iter_mut() {
-            if p.closing || !p.stalled_since.is_some_and(|t| now - t >= STALL_TIMEOUT) {
+            if p.closing || p.stalled_since.is_none_or(|t| now - t < STALL_TIMEOUT) {
                 continue;
             }
             let frames = count_frames(&p.out[frame_boundary(&p.out, p.sent)..]);
