@@ -1047,19 +1047,12 @@ fn replies_to_a_client_that_never_reads_are_bounded() {
 /// A slow consumer is cut off with a last ERR line and disconnected even if it
 /// never reads that line: its connection must not stay open for ever.
 ///
-/// BUG (src/worker/pubsub.rs): `check_queue` marks the client `closing`, and
-/// it is closed only once its queue is written (`flush`: `closing &&
-/// out.is_empty()`). A client that reads nothing never takes the rest of the
-/// partly written chunk and the ERR line, so it keeps its socket, descriptor
-/// and queue for as long as its TCP connection lives (keepalive does not end
-/// it: the peer's kernel still answers), and it alone holds up a `stop -g`
-/// until the timeout kills the worker. Proposed: note when the client was cut
-/// off (`Client::closing_since`), and in `tick` close clients that have been
-/// closing for longer than a grace period (say 5 s, reported in `tick`'s next
-/// wake-up), whatever is left in their queue. (This test waits up to WAIT,
-/// 10 s, for the close: a grace period of up to ~8 s passes.)
+/// A client being closed gets 5 s (CLOSE_GRACE in src/worker/pubsub.rs) to
+/// take its last output; then it is closed whatever is left in its queue.
+/// Without that, a client that reads nothing would keep its socket and queue
+/// for as long as its TCP connection lives (keepalive does not end it: the
+/// peer's kernel still answers). This test waits up to WAIT (10 s).
 #[test]
-#[ignore = "bug in src/worker/pubsub.rs: a cut-off slow consumer that never reads stays connected (see the comment)"]
 fn cut_off_slow_consumer_that_never_reads_is_disconnected() {
     use nix::sys::socket::{setsockopt, sockopt};
     let c = Cluster::start_with(1, 1, &[], &[], &["--max-send-queue", "65536"]);

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
 use mio::event::Event;
@@ -29,6 +29,8 @@ use crate::protocol::line::Line;
 
 /// One read from a socket.
 const READ_BUF: usize = 64 * 1024;
+/// How long a client being closed gets to take its last output.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Reads from one socket per event before others get a turn.
 const READS_PER_EVENT: usize = 16;
 
@@ -50,6 +52,8 @@ struct Clients {
     /// Clients to remove at the end of the batch (never during it, so slab
     /// keys held in lists and topics stay valid).
     to_close: Vec<usize>,
+    /// Clients being closed: (key, id, when to give up on their output).
+    closing: Vec<(usize, u64, Instant)>,
     max_send_queue: usize,
     counters: Counters,
 }
@@ -73,9 +77,32 @@ impl Clients {
             warn!("{} sent commands faster than they could be answered: disconnecting", c.peer);
             c.held.clear();
             c.out.push_bytes(&[b"ERR too many commands waiting for a reply; disconnecting\n"]);
-            c.closing = true;
-            mark_dirty(&mut self.dirty, c, key);
+            self.close_soon(key);
         }
+    }
+
+    /// Closes the client once its last output is written, or after
+    /// CLOSE_GRACE if it does not take it (a client that stopped reading).
+    fn close_soon(&mut self, key: usize) {
+        let c = &mut self.slab[key];
+        c.closing = true;
+        self.closing.push((key, c.id, Instant::now() + CLOSE_GRACE));
+        mark_dirty(&mut self.dirty, c, key);
+    }
+
+    /// Closes the clients whose grace has run out; returns the next deadline.
+    fn expire_closing(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let (slab, to_close) = (&self.slab, &mut self.to_close);
+        self.closing.retain(|&(key, id, deadline)| {
+            let same = slab.get(key).is_some_and(|c| c.id == id);
+            if same && deadline <= now {
+                debug!("{}: did not take its last output in {CLOSE_GRACE:?}; closing", slab[key].peer);
+                to_close.push(key);
+            }
+            same && deadline > now
+        });
+        self.closing.iter().map(|c| c.2).min()
     }
 
     /// Holds the client's next replies until `topic` is confirmed.
@@ -128,7 +155,7 @@ impl Clients {
             warn!("{} is a slow consumer (over {} bytes queued): disconnecting", c.peer, self.max_send_queue);
             let msg = format!("ERR slow consumer: more than {} bytes queued; disconnecting\n", self.max_send_queue);
             c.out.push_bytes(&[msg.as_bytes()]);
-            c.closing = true;
+            return self.close_soon(key);
         }
         mark_dirty(&mut self.dirty, c, key);
     }
@@ -189,6 +216,7 @@ impl PubSub {
                 dirty: Vec::new(),
                 unread: Vec::new(),
                 to_close: Vec::new(),
+                closing: Vec::new(),
                 max_send_queue: cfg.max_send_queue,
                 counters: Counters::default(),
             },
@@ -292,7 +320,7 @@ impl PubSub {
             Command::Help => self.clients.reply(key, &[HELP.as_bytes()]),
             Command::Quit => {
                 self.clients.reply(key, &[b"Bye\n"]);
-                self.clients.slab[key].closing = true;
+                self.clients.close_soon(key);
             }
         }
     }
@@ -490,7 +518,11 @@ impl PubSub {
         c.bytes_out = s.bytes_out;
         c.closing = s.closing;
         self.next_id = self.next_id.max(s.id + 1);
-        self.clients.slab.insert(c)
+        let key = self.clients.slab.insert(c);
+        if s.closing {
+            self.clients.close_soon(key);
+        }
+        key
     }
 }
 
@@ -594,6 +626,7 @@ impl Service for PubSub {
         for key in std::mem::take(&mut self.clients.dirty) {
             self.clients.flush(key);
         }
+        let give_up = self.clients.expire_closing();
         for key in std::mem::take(&mut self.clients.to_close) {
             self.close(reg, key);
         }
@@ -602,7 +635,7 @@ impl Service for PubSub {
         if more {
             Some(Instant::now())
         } else {
-            self.link.next_deadline()
+            [self.link.next_deadline(), give_up].into_iter().flatten().min()
         }
     }
 
