@@ -1205,6 +1205,17 @@ mod procfs {
             .sum();
         ticks as f64 / tck
     }
+
+    /// Whole-machine CPU seconds from /proc/stat: (busy, stolen by the hypervisor).
+    pub fn machine_secs() -> (f64, f64) {
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) }.max(1) as f64;
+        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / tck;
+        // user nice system idle iowait irq softirq steal
+        (at(0) + at(1) + at(2) + at(5) + at(6), at(7))
+    }
 }
 
 fn cpu_secs(who: nix::sys::resource::UsageWho) -> f64 {
@@ -1229,6 +1240,7 @@ fn raise_nofile(need: u64) -> Result<(), String> {
 
 /// What `run` prints: one JSON object per run.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(default)]
 struct RunResult {
     name: String,
     scenario: Option<Scenario>,
@@ -1278,6 +1290,11 @@ struct RunResult {
     pub_cpu_pct: f64,
     sub_cpu_pct: f64,
     server_cpu_pct: Option<f64>,
+    /// Every core's busy time (so up to 200 here), and what of it was neither
+    /// the bench nor the measured servers (kernel softirq work, other programs).
+    machine_cpu_pct: f64,
+    other_cpu_pct: Option<f64>,
+    steal_pct: f64,
 }
 
 fn run(args: &RunArgs) -> Result<RunResult, String> {
@@ -1326,10 +1343,11 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
         }
         let rss_subscribed = rss();
         let servers = procfs::tree(&args.server_pids);
-        let (cpu0, main0, srv0, t0) = (
+        let (cpu0, main0, srv0, mach0, t0) = (
             cpu_secs(UsageWho::RUSAGE_SELF),
             cpu_secs(UsageWho::RUSAGE_THREAD),
             procfs::cpu_secs(&servers),
+            procfs::machine_secs(),
             now_ns(),
         );
         publisher.run();
@@ -1340,6 +1358,8 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
         }
         let srv_cpu = procfs::cpu_secs(&servers) - srv0;
         let cpu = cpu_secs(UsageWho::RUSAGE_SELF) - cpu0;
+        let mach = procfs::machine_secs();
+        let (busy, steal) = (mach.0 - mach0.0, mach.1 - mach0.1);
         let p = &publisher.report;
         let end = subs.last_recv.max(p.last_send);
         let wall = (now_ns() - t0) as f64 / 1e9;
@@ -1393,6 +1413,9 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
             pub_cpu_pct: pct(main_cpu),
             sub_cpu_pct: pct(cpu - main_cpu),
             server_cpu_pct: measure.then(|| pct(srv_cpu)),
+            machine_cpu_pct: pct(busy),
+            other_cpu_pct: measure.then(|| pct(busy - cpu - srv_cpu).max(0.0)),
+            steal_pct: pct(steal),
             ..Default::default()
         };
         // Anything short of exact delivery fails the run.
@@ -1445,8 +1468,9 @@ fn print_text(r: &RunResult) {
         );
     }
     println!(
-        "  CPU % of one core: bench {:.0} (publisher {:.0}, subscribers {:.0}), server {}",
-        r.bench_cpu_pct, r.pub_cpu_pct, r.sub_cpu_pct, opt(r.server_cpu_pct)
+        "  CPU % of one core: bench {:.0} (publisher {:.0}, subscribers {:.0}), server {}, rest {}; machine busy {:.0}, steal {:.0}",
+        r.bench_cpu_pct, r.pub_cpu_pct, r.sub_cpu_pct, opt(r.server_cpu_pct), opt(r.other_cpu_pct),
+        r.machine_cpu_pct, r.steal_pct
     );
 }
 
@@ -1544,9 +1568,10 @@ fn table(files: &[PathBuf], runs: Option<usize>) -> Result<(), String> {
             );
         }
     }
-    println!("\nCPU during the publish phase, % of one core (machine total = 200), medians.\n");
-    println!("| scenario | fanout bench | fanout server | NATS bench | NATS server | Redis bench | Redis server |");
-    println!("|---|--:|--:|--:|--:|--:|--:|");
+    println!("\nCPU during the publish phase in % of one core (all cores = {}), medians:", cores());
+    println!("bench / server / rest (rest = busy time of neither, e.g. kernel network work or other programs).\n");
+    println!("| scenario | fanout | NATS | Redis |");
+    println!("|---|--:|--:|--:|");
     for (name, _) in &names {
         let mut row = format!("| {name} |");
         for &p in &protos {
@@ -1554,11 +1579,19 @@ fn table(files: &[PathBuf], runs: Option<usize>) -> Result<(), String> {
             let m = |f: fn(&RunResult) -> Option<f64>| {
                 median(rs.iter().filter_map(|r| f(r)).collect()).map_or("–".into(), |v| format!("{v:.0}"))
             };
-            row += &format!(" {} | {} |", m(|r| Some(r.bench_cpu_pct)), m(|r| r.server_cpu_pct));
+            row += &if rs.is_empty() {
+                " – |".to_string()
+            } else {
+                format!(" {} / {} / {} |", m(|r| Some(r.bench_cpu_pct)), m(|r| r.server_cpu_pct), m(|r| r.other_cpu_pct))
+            };
         }
         println!("{row}");
     }
     Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * 100
 }
 
 // ───────────────────────────── main ─────────────────────────────
