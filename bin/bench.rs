@@ -1285,7 +1285,10 @@ struct RunResult {
     rss_subscribed_kb: Option<u64>,
     rss_end_kb: Option<u64>,
     bytes_per_conn: Option<f64>,
-    /// CPU as % of one core over `elapsed_s` (so 200 = both cores of this machine).
+    /// Publish start to the end of the run: the span the CPU figures cover.
+    wall_s: f64,
+    /// CPU as % of one core over `wall_s` (so 200 = both cores of this machine).
+    /// Counted in clock ticks (10 ms), so meaningless for runs much under a second.
     bench_cpu_pct: f64,
     pub_cpu_pct: f64,
     sub_cpu_pct: f64,
@@ -1409,6 +1412,7 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
             bytes_per_conn: rss_before
                 .zip(rss_subscribed)
                 .map(|(a, b)| (b as f64 - a as f64) * 1024.0 / plan.subs as f64),
+            wall_s: wall,
             bench_cpu_pct: pct(cpu),
             pub_cpu_pct: pct(main_cpu),
             sub_cpu_pct: pct(cpu - main_cpu),
@@ -1569,13 +1573,15 @@ fn table(files: &[PathBuf], runs: Option<usize>) -> Result<(), String> {
         }
     }
     println!("\nCPU during the publish phase in % of one core (all cores = {}), medians:", cores());
-    println!("bench / server / rest (rest = busy time of neither, e.g. kernel network work or other programs).\n");
+    println!("bench / server / rest (rest = busy time of neither, e.g. kernel network work or other programs);");
+    println!("runs shorter than 1 s are left out (CPU time is counted in 10 ms ticks).\n");
     println!("| scenario | fanout | NATS | Redis |");
     println!("|---|--:|--:|--:|");
     for (name, _) in &names {
         let mut row = format!("| {name} |");
         for &p in &protos {
-            let rs = group(name, p);
+            // CPU time comes in 10 ms ticks: leave out runs too short for it.
+            let rs: Vec<_> = group(name, p).into_iter().filter(|r| r.wall_s >= 1.0).collect();
             let m = |f: fn(&RunResult) -> Option<f64>| {
                 median(rs.iter().filter_map(|r| f(r)).collect()).map_or("–".into(), |v| format!("{v:.0}"))
             };
