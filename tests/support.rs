@@ -299,12 +299,7 @@ impl Cluster {
 
 /// Resident memory of a process in kB (VmRSS from /proc; 0 once it is gone).
 pub fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    fanout::process::master::rss_kb(nix::unistd::Pid::from_raw(pid))
 }
 
 impl Server {
