@@ -1206,16 +1206,6 @@ mod procfs {
         ticks as f64 / tck
     }
 
-    /// Whole-machine CPU seconds from /proc/stat: (busy, stolen by the hypervisor).
-    pub fn machine_secs() -> (f64, f64) {
-        // SAFETY: sysconf has no preconditions.
-        let tck = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) }.max(1) as f64;
-        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-        let f: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-        let at = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / tck;
-        // user nice system idle iowait irq softirq steal
-        (at(0) + at(1) + at(2) + at(5) + at(6), at(7))
-    }
 }
 
 fn cpu_secs(who: nix::sys::resource::UsageWho) -> f64 {
@@ -1293,11 +1283,6 @@ struct RunResult {
     pub_cpu_pct: f64,
     sub_cpu_pct: f64,
     server_cpu_pct: Option<f64>,
-    /// Every core's busy time (so up to 200 here), and what of it was neither
-    /// the bench nor the measured servers (kernel softirq work, other programs).
-    machine_cpu_pct: f64,
-    other_cpu_pct: Option<f64>,
-    steal_pct: f64,
 }
 
 fn run(args: &RunArgs) -> Result<RunResult, String> {
@@ -1346,11 +1331,10 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
         }
         let rss_subscribed = rss();
         let servers = procfs::tree(&args.server_pids);
-        let (cpu0, main0, srv0, mach0, t0) = (
+        let (cpu0, main0, srv0, t0) = (
             cpu_secs(UsageWho::RUSAGE_SELF),
             cpu_secs(UsageWho::RUSAGE_THREAD),
             procfs::cpu_secs(&servers),
-            procfs::machine_secs(),
             now_ns(),
         );
         publisher.run();
@@ -1361,8 +1345,6 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
         }
         let srv_cpu = procfs::cpu_secs(&servers) - srv0;
         let cpu = cpu_secs(UsageWho::RUSAGE_SELF) - cpu0;
-        let mach = procfs::machine_secs();
-        let (busy, steal) = (mach.0 - mach0.0, mach.1 - mach0.1);
         let p = &publisher.report;
         let end = subs.last_recv.max(p.last_send);
         let wall = (now_ns() - t0) as f64 / 1e9;
@@ -1417,9 +1399,6 @@ fn run(args: &RunArgs) -> Result<RunResult, String> {
             pub_cpu_pct: pct(main_cpu),
             sub_cpu_pct: pct(cpu - main_cpu),
             server_cpu_pct: measure.then(|| pct(srv_cpu)),
-            machine_cpu_pct: pct(busy),
-            other_cpu_pct: measure.then(|| pct(busy - cpu - srv_cpu).max(0.0)),
-            steal_pct: pct(steal),
             ..Default::default()
         };
         // Anything short of exact delivery fails the run.
@@ -1472,9 +1451,8 @@ fn print_text(r: &RunResult) {
         );
     }
     println!(
-        "  CPU % of one core: bench {:.0} (publisher {:.0}, subscribers {:.0}), server {}, rest {}; machine busy {:.0}, steal {:.0}",
-        r.bench_cpu_pct, r.pub_cpu_pct, r.sub_cpu_pct, opt(r.server_cpu_pct), opt(r.other_cpu_pct),
-        r.machine_cpu_pct, r.steal_pct
+        "  CPU % of one core: bench {:.0} (publisher {:.0}, subscribers {:.0}), server {}",
+        r.bench_cpu_pct, r.pub_cpu_pct, r.sub_cpu_pct, opt(r.server_cpu_pct)
     );
 }
 
@@ -1573,8 +1551,7 @@ fn table(files: &[PathBuf], runs: Option<usize>) -> Result<(), String> {
         }
     }
     println!("\nCPU during the publish phase in % of one core (all cores = {}), medians:", cores());
-    println!("bench / server / rest (rest = busy time of neither, e.g. kernel network work or other programs);");
-    println!("runs shorter than 1 s are left out (CPU time is counted in 10 ms ticks).\n");
+    println!("bench / server (all its processes); runs shorter than 1 s are left out.\n");
     println!("| scenario | fanout | NATS | Redis |");
     println!("|---|--:|--:|--:|");
     for (name, _) in &names {
@@ -1588,7 +1565,7 @@ fn table(files: &[PathBuf], runs: Option<usize>) -> Result<(), String> {
             row += &if rs.is_empty() {
                 " – |".to_string()
             } else {
-                format!(" {} / {} / {} |", m(|r| Some(r.bench_cpu_pct)), m(|r| r.server_cpu_pct), m(|r| r.other_cpu_pct))
+                format!(" {} / {} |", m(|r| Some(r.bench_cpu_pct)), m(|r| r.server_cpu_pct))
             };
         }
         println!("{row}");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks the fanout servers against NATS and Redis on this machine.
 #
-#   scripts/bench.sh            full run: every scenario, 3 runs each (~10 min)
+#   scripts/bench.sh            full run: every scenario, 3 runs each (~6 min)
 #   scripts/bench.sh --quick    every scenario once, smaller (~1-2 min)
 #   scripts/bench.sh --smoke    a few seconds, fanout only unless --peers says
 #                               otherwise; no apt-get; exits 1 if any run FAILED
@@ -164,11 +164,11 @@ start_redis() {
 scenarios() {
     case "$MODE" in
         full) cat <<'EOF'
-fanout1|--scenario fanout --subs 1 --messages 1000000
-fanout10|--scenario fanout --subs 10 --messages 200000
-fanout100|--scenario fanout --subs 100 --messages 20000
-fanout1000|--scenario fanout --subs 1000 --messages 4000
-topics|--scenario topics --topics 1000 --messages 200000
+fanout1|--scenario fanout --subs 1 --messages 4000000
+fanout10|--scenario fanout --subs 10 --messages 2000000
+fanout100|--scenario fanout --subs 100 --messages 200000
+fanout1000|--scenario fanout --subs 1000 --messages 20000
+topics|--scenario topics --topics 1000 --messages 1000000
 latency10k|--scenario latency --rate 10000 --messages 50000
 latency50k|--scenario latency --rate 50000 --messages 250000
 conns|--scenario conns --subs 10000 --messages 10
