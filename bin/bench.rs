@@ -1278,7 +1278,7 @@ struct RunResult {
     /// Publish start to the end of the run: the span the CPU figures cover.
     wall_s: f64,
     /// CPU as % of one core over `wall_s` (so 200 = both cores of this machine).
-    /// Counted in clock ticks (10 ms), so meaningless for runs much under a second.
+    /// Counted in clock ticks (10 ms), so coarse for runs under a second.
     bench_cpu_pct: f64,
     pub_cpu_pct: f64,
     sub_cpu_pct: f64,
@@ -1551,14 +1551,14 @@ fn table(files: &[PathBuf], runs: Option<usize>) -> Result<(), String> {
         }
     }
     println!("\nCPU during the publish phase in % of one core (all cores = {}), medians:", cores());
-    println!("bench / server (all its processes); runs shorter than 1 s are left out.\n");
+    println!("bench / server (all its processes); runs shorter than 0.5 s are left out.\n");
     println!("| scenario | fanout | NATS | Redis |");
     println!("|---|--:|--:|--:|");
     for (name, _) in &names {
         let mut row = format!("| {name} |");
         for &p in &protos {
             // CPU time comes in 10 ms ticks: leave out runs too short for it.
-            let rs: Vec<_> = group(name, p).into_iter().filter(|r| r.wall_s >= 1.0).collect();
+            let rs: Vec<_> = group(name, p).into_iter().filter(|r| r.wall_s >= 0.5).collect();
             let m = |f: fn(&RunResult) -> Option<f64>| {
                 median(rs.iter().filter_map(|r| f(r)).collect()).map_or("–".into(), |v| format!("{v:.0}"))
             };
