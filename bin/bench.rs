@@ -1,10 +1,11 @@
 //! `fanout-bench`: a load generator for the fanout pub/sub servers, with NATS
 //! and Redis as reference points.
 //!
-//! One `run` is one measurement, in one process with two threads:
-//! * a subscriber thread owns every subscriber connection in one mio `Poll`:
-//!   it connects them in waves, waits until each one has *confirmed* its
-//!   subscription, then checks every message it receives;
+//! One `run` is one measurement, in one process:
+//! * subscriber threads (`--sub-threads`, default 2) each own a share of the
+//!   subscriber connections in their own mio `Poll`: they connect them in
+//!   waves, wait until each one has *confirmed* its subscription, then check
+//!   every message received;
 //! * the main thread then publishes on one connection, either as fast as the
 //!   socket takes it (with a bounded window of messages in flight, so no
 //!   server queue grows without limit) or at a fixed rate.
@@ -619,7 +620,7 @@ impl Hist {
     }
 }
 
-// ───────────────────────────── subscriber thread ─────────────────────────────
+// ───────────────────────────── subscriber threads ─────────────────────────────
 
 /// State all threads see.
 struct Shared {
