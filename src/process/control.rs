@@ -192,10 +192,6 @@ impl Conn {
         Ok(())
     }
 
-    pub fn has_output(&self) -> bool {
-        !self.outbuf.is_empty()
-    }
-
     /// Reads until the socket is drained. Returns the whole messages received
     /// and whether the peer has closed.
     pub fn receive<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<(Vec<T>, bool)> {
