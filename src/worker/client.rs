@@ -24,6 +24,8 @@ pub struct Client {
     pub dirty: bool,
     /// Not read while too much output waits for it.
     pub input_paused: bool,
+    /// Waiting in the list of clients to read again.
+    pub unread: bool,
     /// Replies held back behind a subscription that the channel server has not
     /// confirmed yet, so that replies come in the order of the commands.
     pub held: VecDeque<Held>,
@@ -49,6 +51,7 @@ impl Client {
             closing: false,
             dirty: false,
             input_paused: false,
+            unread: false,
             held: VecDeque::new(),
         }
     }

@@ -171,13 +171,24 @@ impl Clients {
                 }
                 if c.input_paused && c.out.queued() <= self.max_send_queue / 4 {
                     c.input_paused = false;
-                    self.unread.push(key);
+                    self.read_later(key);
                 }
             }
             Err(e) => {
                 debug!("{}: write failed: {e}", c.peer);
                 self.to_close.push(key);
             }
+        }
+    }
+}
+
+impl Clients {
+    /// Remembers to read a client again at the end of the batch. (A key left
+    /// here by a client since closed is harmless: its successor is just read.)
+    fn read_later(&mut self, key: usize) {
+        if let Some(c) = self.slab.get_mut(key).filter(|c| !c.unread) {
+            c.unread = true;
+            self.unread.push(key);
         }
     }
 }
@@ -236,8 +247,8 @@ impl PubSub {
         let mut buf = std::mem::take(&mut self.read_buf);
         let more = self.read_turns(key, &mut buf);
         self.read_buf = buf;
-        if more && !self.clients.unread.contains(&key) {
-            self.clients.unread.push(key); // come back after the others
+        if more {
+            self.clients.read_later(key); // come back after the others
         }
     }
 
@@ -459,7 +470,6 @@ impl PubSub {
         for id in c.topics.drain(..) {
             self.leave(id, key);
         }
-        self.clients.unread.retain(|k| *k != key);
         debug!("{} disconnected", c.peer);
     }
 }
@@ -619,6 +629,9 @@ impl Service for PubSub {
         }
         if !self.link.congested() {
             for key in std::mem::take(&mut self.clients.unread) {
+                if let Some(c) = self.clients.slab.get_mut(key) {
+                    c.unread = false;
+                }
                 self.read_client(key);
             }
         }
