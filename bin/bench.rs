@@ -744,8 +744,15 @@ struct SubSide<'a> {
     thread: usize,
     poll: Poll,
     subs: Vec<Sub>,
-    /// Received count per subscriber, contiguous for the window's min().
+    /// Received count per subscriber.
     counts: Vec<u64>,
+    /// The window's base: the least count of a live subscriber, and how many
+    /// live subscribers are at it (kept up to date so that a wake-up costs
+    /// the events it brings, not a scan of every connection).
+    min: u64,
+    at_min: usize,
+    /// Subscribers that hit MAX_READS and need another read.
+    more: Vec<usize>,
     scratch: Vec<u8>,
     report: SubReport,
     confirmed: usize,
@@ -790,6 +797,9 @@ impl<'a> SubSide<'a> {
             thread,
             poll: Poll::new().map_err(|e| format!("poll: {e}"))?,
             counts: vec![0; subs.len()],
+            min: 0,
+            at_min: subs.len(),
+            more: Vec::new(),
             subs,
             scratch: vec![0; 256 * 1024],
             report: SubReport::new(plan),
@@ -844,7 +854,6 @@ impl<'a> SubSide<'a> {
     fn receive(&mut self) {
         let deadline = Instant::now() + self.plan.time_limit + self.plan.drain * 2;
         let mut events = Events::with_capacity(1024);
-        let mut progress = 0;
         while self.finished < self.subs.len() && Instant::now() < deadline {
             if self.shared.abort.load(Ordering::Relaxed) {
                 break;
@@ -853,8 +862,7 @@ impl<'a> SubSide<'a> {
             if done > 0 && now_ns().saturating_sub(done.max(self.report.last_recv)) > self.plan.drain.as_nanos() as u64 {
                 break;
             }
-            let any_more = self.subs.iter().any(|s| s.more);
-            let timeout = if any_more { Duration::ZERO } else { Duration::from_millis(50) };
+            let timeout = if self.more.is_empty() { Duration::from_millis(50) } else { Duration::ZERO };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 self.report.errors.push(format!("poll: {e}"));
                 break;
@@ -863,29 +871,45 @@ impl<'a> SubSide<'a> {
                 self.service(ev.token().0);
             }
             self.service_more();
-            // The window's base: the slowest live subscriber.
-            let live = self.counts.iter().zip(&self.subs).filter(|(_, s)| s.conn.is_some());
-            let min = live.map(|(c, _)| *c).min().unwrap_or(u64::MAX);
-            if min != progress {
-                progress = min;
-                self.shared.progress[self.thread].store(min, Ordering::Release);
-                if self.shared.pub_waiting.swap(false, Ordering::AcqRel) {
-                    let _ = self.shared.pub_waker.wake();
-                }
+            if self.at_min == 0 {
+                self.advance_min();
             }
         }
     }
 
+    /// Recomputes the window's base once every subscriber at it has moved on,
+    /// and tells the publisher.
+    fn advance_min(&mut self) {
+        let live = self.counts.iter().zip(&self.subs).filter(|(_, s)| s.conn.is_some());
+        self.min = live.clone().map(|(c, _)| *c).min().unwrap_or(u64::MAX);
+        self.at_min = live.filter(|(c, _)| **c == self.min).count();
+        self.shared.progress[self.thread].store(self.min, Ordering::Release);
+        if self.shared.pub_waiting.swap(false, Ordering::AcqRel) {
+            let _ = self.shared.pub_waker.wake();
+        }
+    }
+
     fn service_more(&mut self) {
-        for i in 0..self.subs.len() {
-            if self.subs[i].more {
-                self.service(i);
-            }
+        for i in std::mem::take(&mut self.more) {
+            self.subs[i].more = false;
+            self.service(i);
         }
     }
 
     /// Flushes, reads and accounts one subscriber's connection.
     fn service(&mut self, i: usize) {
+        let (before, was_live, was_more) = (self.counts[i], self.subs[i].conn.is_some(), self.subs[i].more);
+        self.service_conn(i);
+        let sub = &self.subs[i];
+        if sub.more && !was_more {
+            self.more.push(i);
+        }
+        if was_live && before == self.min && (self.counts[i] != before || sub.conn.is_none()) {
+            self.at_min -= 1;
+        }
+    }
+
+    fn service_conn(&mut self, i: usize) {
         let plan = self.plan;
         let Sub { conn, confirmed, more, track } = &mut self.subs[i];
         let Some(c) = conn.as_mut() else { return };
