@@ -21,6 +21,9 @@
 #   FANOUT_REV (what to call the measured build in the header; default: the
 #   git revision when built here, else the --bin-dir path).
 #
+# With the conns scenario it also measures the machine's floor for it
+# (`fanout-bench floor`: the same writes and reads with no server at all).
+#
 # Every server is started on a free loopback port with its own pid and log
 # files in a temporary directory, freshly for each run, and stopped on exit.
 set -euo pipefail
@@ -224,6 +227,18 @@ while IFS='|' read -r name args; do
     done
 done < <(scenarios)
 
+# ── the machine's floor for conns: the writes alone, no server ─────────────
+FLOOR=""
+if [ -z "$SCENARIOS" ] || grep -qw conns <<<"$SCENARIOS"; then
+    case "$MODE" in
+        full) floor_args=(--conns 10000 --rounds 10) ;;
+        quick) floor_args=(--conns 10000 --rounds 3) ;;
+        smoke) floor_args=(--conns 200 --rounds 2) ;;
+    esac
+    log "floor: ${floor_args[*]}"
+    FLOOR=$("$BENCH" floor "${floor_args[@]}") || { log "  floor FAILED"; FAILED=$((FAILED + 1)); }
+fi
+
 # ── report ────────────────────────────────────────────────────────────────
 {
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); mode: $MODE; runs per cell: $RUNS"
@@ -234,6 +249,15 @@ done < <(scenarios)
     echo "Our servers: subscriber --count $SUB_WORKERS, data-source --count $DS_WORKERS${SEND_QUEUE:+, --max-send-queue $SEND_QUEUE}"
     echo
     "$BENCH" table --runs "$RUNS" "$RESULTS"
+    if [ -n "$FLOOR" ]; then
+        echo
+        echo "The conns scenario's floor on this machine (\`fanout-bench floor\`: no server, only"
+        echo "the writes of one line to each loopback connection and another process reading them):"
+        echo
+        echo '```'
+        echo "$FLOOR"
+        echo '```'
+    fi
 } | tee "$OUT/table.md"
 log "results: $RESULTS, table: $OUT/table.md"
 if [ "$FAILED" -gt 0 ] || [ -n "$BROKEN" ]; then

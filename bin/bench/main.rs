@@ -33,6 +33,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 
+mod floor;
+
 // ───────────────────────────── command line ─────────────────────────────
 
 #[derive(Parser)]
@@ -53,6 +55,12 @@ enum Cmd {
         #[arg(long)]
         runs: Option<usize>,
     },
+    /// Measure this machine's floor for the conns scenario: no server, only
+    /// the writes of one line to N loopback connections and their reads
+    Floor(floor::FloorArgs),
+    /// The reading side of `floor` (started by it)
+    #[command(hide = true)]
+    FloorRead(floor::FloorReadArgs),
     /// Print N distinct free TCP ports on 127.0.0.1, one a line
     FreePort {
         #[arg(default_value_t = 1)]
@@ -1242,11 +1250,14 @@ fn cpu_secs(who: nix::sys::resource::UsageWho) -> f64 {
 fn raise_nofile(need: u64) -> Result<(), String> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
-    if soft < hard {
+    // Root may raise the hard limit too.
+    let want = hard.max(need);
+    if soft < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() && soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| format!("setrlimit: {e}"))?;
     }
-    if hard < need {
-        return Err(format!("open files limit {hard} is below the {need} this run needs"));
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    if soft < need {
+        return Err(format!("open files limit {soft} is below the {need} this run needs (raise it with ulimit -n, or use fewer connections)"));
     }
     Ok(())
 }
@@ -1632,6 +1643,8 @@ fn main() {
                 1
             }
         },
+        Cmd::Floor(args) => floor::floor(&args).map_or_else(|e| { eprintln!("fanout-bench: {e}"); 1 }, |_| 0),
+        Cmd::FloorRead(args) => floor::floor_read(&args).map_or_else(|e| { println!("{e}"); 1 }, |_| 0),
         Cmd::Table { files, runs } => table(&files, runs).map_or_else(|e| { eprintln!("fanout-bench: {e}"); 1 }, |_| 0),
         Cmd::FreePort { n } => {
             let listeners: Vec<_> = (0..n).filter_map(|_| std::net::TcpListener::bind("127.0.0.1:0").ok()).collect();
