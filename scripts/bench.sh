@@ -16,8 +16,10 @@
 #   --no-install      never apt-get install nats-server / redis-server
 #   --keep            keep the temporary directory (pid files, server logs)
 #   --bench-args "A"  extra arguments for every fanout-bench run (e.g. --sub-threads 1)
-# Environment: SUB_WORKERS, DS_WORKERS (worker processes of our subscriber and
-#   data-source servers, default 1 each), SEND_QUEUE (their --max-send-queue),
+# Environment: SUB_WORKERS (worker processes of our subscriber server; default
+#   one per core, as it would be deployed), DS_WORKERS (of our data-source
+#   server; default 1, since the bench publishes on one connection),
+#   SEND_QUEUE (their --max-send-queue),
 #   FANOUT_REV (what to call the measured build in the header; default: the
 #   git revision when built here, else the --bin-dir path).
 #
@@ -52,7 +54,7 @@ case "$MODE" in
     quick) RUNS=${RUNS:-1}; PEERS=${PEERS:-"fanout nats redis"} ;;
     smoke) RUNS=${RUNS:-1}; PEERS=${PEERS:-"fanout"}; INSTALL=0 ;;
 esac
-SUB_WORKERS=${SUB_WORKERS:-1} DS_WORKERS=${DS_WORKERS:-1} SEND_QUEUE=${SEND_QUEUE:-}
+SUB_WORKERS=${SUB_WORKERS:-$(nproc)} DS_WORKERS=${DS_WORKERS:-1} SEND_QUEUE=${SEND_QUEUE:-}
 
 log() { echo "bench.sh: $*" >&2; }
 
