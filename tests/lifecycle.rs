@@ -125,6 +125,34 @@ fn publishes_while_channel_is_down_are_delivered_after_it_returns() {
     c.stop();
 }
 
+/// The same for a subscriber on another server whose worker reconnects only
+/// after the publisher's worker has: the buffered publishes wait for it to
+/// re-subscribe, rather than reach a channel server with nobody to send them to.
+#[test]
+fn buffered_publishes_wait_for_a_worker_that_reconnects_later() {
+    let mut c = Cluster::start(1, 1);
+    let mut sub = c.subscriber.connect();
+    sub.subscribe(&["topic1"]);
+    let late = Pid::from_raw(c.subscriber.worker_pids()[0]);
+    let source = &c.source;
+    c.channel.restart(|| {
+        source.wait_status("link down", |s| s["workers"][0]["link"] != "up");
+        let mut p = source.connect();
+        for i in 0..100 {
+            p.send(&format!("publish buffered {i}"));
+        }
+        p.barrier();
+        // Frozen, the subscriber's worker cannot reconnect before the publisher's.
+        kill(late, Signal::SIGSTOP).unwrap();
+    });
+    c.source.wait_linked();
+    kill(late, Signal::SIGCONT).unwrap();
+    for i in 0..100 {
+        sub.expect(&format!("Received [topic1]: buffered {i}"));
+    }
+    c.stop();
+}
+
 #[test]
 fn graceful_stop_delivers_and_leaves_nothing() {
     let c = Cluster::start(2, 1);

@@ -1,6 +1,6 @@
 //! A worker's one connection to the channel server: reconnects with backoff,
-//! buffers publishes (bounded) while it is down, and hands out the frames the
-//! channel server sends.
+//! buffers publishes (bounded) while it is down, holds them for a moment after
+//! a reconnect (see SETTLE), and hands out the frames the channel server sends.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -16,6 +16,10 @@ use crate::protocol::frame::{Frame, FrameReader, VERSION};
 pub const TOKEN: mio::Token = SERVICE;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// After a reconnect, publishes wait this long: the other workers, retrying on
+/// their own backoff (at most MAX_BACKOFF apart), must have re-subscribed at a
+/// restarted channel server first, or it would have nobody to send them to.
+const SETTLE: Duration = Duration::from_millis(1250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -38,6 +42,10 @@ pub struct Link {
     /// Publishes lost in the kernel or half-written when a link broke.
     pub lost: u64,
     warned: bool,
+    /// The link has been up before: a connect now is a reconnect.
+    was_up: bool,
+    /// Publishes are held until then (see SETTLE); SUB/UNSUB ahead of them go.
+    hold_until: Option<Instant>,
 }
 
 impl Link {
@@ -54,6 +62,8 @@ impl Link {
             max_buffer,
             lost: 0,
             warned: false,
+            was_up: false,
+            hold_until: None,
         }
     }
 
@@ -94,6 +104,7 @@ impl Link {
                     self.reader = FrameReader::with_bytes(unparsed);
                     self.stream = Some(s);
                     self.state = State::Up;
+                    self.was_up = true;
                 }
                 Err(e) => self.down(reg, &format!("cannot register: {e}")),
             },
@@ -150,7 +161,7 @@ impl Link {
         if self.state == State::Connecting {
             let Some(stream) = &self.stream else { return };
             match stream.take_error() {
-                Ok(None) if stream.peer_addr().is_ok() => self.state = State::Up,
+                Ok(None) if stream.peer_addr().is_ok() => self.up(),
                 Ok(None) => return, // not connected yet: a spurious event
                 Ok(Some(e)) | Err(e) => return self.down(reg, &format!("cannot connect: {e}")),
             }
@@ -172,13 +183,42 @@ impl Link {
         }
     }
 
+    fn up(&mut self) {
+        self.state = State::Up;
+        if self.was_up {
+            self.hold_until = Some(Instant::now() + SETTLE);
+            info!("channel link reconnected: publishes wait {SETTLE:?} for the other workers to re-subscribe");
+        }
+        self.was_up = true;
+    }
+
+    /// Where writing must stop for now: before the first held publish.
+    fn write_end(&mut self) -> usize {
+        match self.hold_until {
+            Some(until) if Instant::now() < until => {
+                // `sent` is on a frame boundary: nothing was written past the
+                // head of SUBs since the reconnect.
+                let mut at = self.sent;
+                while at + 5 <= self.out.len() && self.out[at + 4] != Frame::PUBLISH_KIND {
+                    at += 4 + u32::from_be_bytes(self.out[at..at + 4].try_into().unwrap()) as usize;
+                }
+                at.min(self.out.len())
+            }
+            _ => {
+                self.hold_until = None;
+                self.out.len()
+            }
+        }
+    }
+
     pub fn flush(&mut self, reg: &Registry) {
         if self.state != State::Up {
             return;
         }
+        let end = self.write_end();
         let Some(stream) = &mut self.stream else { return };
-        while self.sent < self.out.len() {
-            match stream.write(&self.out[self.sent..]) {
+        while self.sent < end {
+            match stream.write(&self.out[self.sent..end]) {
                 Ok(0) => return self.down(reg, "connection closed"),
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -234,7 +274,8 @@ impl Link {
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.state {
             State::Down { retry_at } => Some(retry_at),
-            _ => None,
+            State::Up => self.hold_until,
+            State::Connecting => None,
         }
     }
 }
