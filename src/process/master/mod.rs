@@ -28,11 +28,17 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use slab::Slab;
 
-use super::control::{self, ConnInfo, FromWorker, Reply, Request, Status, ToWorker, WorkerRow, WorkerStats};
+use super::control::{self, FromWorker, Request, ToWorker};
 use super::pidfile::PidFile;
 use super::signals;
-use crate::config::{Config, Role};
+use crate::config::Config;
 use crate::worker::WorkerEnv;
+
+mod control_clients;
+mod reload;
+
+use control_clients::{Client, Query};
+use reload::{Reload, Step};
 
 const SIGNAL: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -45,7 +51,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const RETIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Fast stop: how long workers get after SIGTERM before SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
-const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 struct Worker {
@@ -67,43 +72,11 @@ struct Slot {
     respawn_at: Option<Instant>,
 }
 
-struct Client {
-    link: control::Conn,
-    /// Asked to stop: the socket stays open until the master exits.
-    hold: bool,
-}
-
 enum Mode {
     Starting { deadline: Instant },
     Running,
     Reloading(Reload),
     Stopping { deadline: Instant, graceful: bool },
-}
-
-struct Reload {
-    slots: VecDeque<usize>,
-    step: Step,
-    client: Option<usize>,
-    new_pids: Vec<u32>,
-}
-
-enum Step {
-    Idle,
-    /// Waiting for the replacement (worker key) to report ready; `handoff`:
-    /// it holds the old worker's handoff socket and will take its connections.
-    Starting { key: usize, handoff: bool, deadline: Instant },
-    /// Waiting for the replaced worker to hand over (or drain) and exit.
-    Retiring { pid: Pid, new: Pid, deadline: Instant },
-}
-
-/// A status or connections request in flight: one at a time.
-struct Query {
-    client: usize,
-    req: Request,
-    waiting: Vec<Pid>,
-    stats: Vec<(Pid, WorkerStats)>,
-    conns: Vec<ConnInfo>,
-    deadline: Instant,
 }
 
 pub struct Master {
@@ -398,81 +371,6 @@ impl Master {
         }
     }
 
-    // ---- reload --------------------------------------------------------------
-
-    fn start_reload(&mut self, client: Option<usize>) {
-        match self.mode {
-            Mode::Running => {}
-            _ => {
-                let msg = "cannot reload now: the server is starting, stopping or already reloading";
-                warn!("{msg}");
-                if let Some(c) = client {
-                    self.reply(c, &Reply::Error(msg.into()));
-                }
-                return;
-            }
-        }
-        info!("reloading {} worker(s) from {}", self.cfg.count, self.exe.display());
-        self.mode = Mode::Reloading(Reload {
-            slots: (0..self.cfg.count).collect(),
-            step: Step::Idle,
-            client,
-            new_pids: Vec::new(),
-        });
-        self.next_reload_step();
-    }
-
-    fn next_reload_step(&mut self) {
-        let Mode::Reloading(r) = &mut self.mode else { return };
-        if !matches!(r.step, Step::Idle) {
-            return;
-        }
-        let Some(slot) = r.slots.pop_front() else {
-            let (client, pids) = (r.client.take(), std::mem::take(&mut r.new_pids));
-            info!("reload complete");
-            self.mode = Mode::Running;
-            if let Some(c) = client {
-                self.reply(c, &Reply::Reloaded(pids));
-            }
-            return;
-        };
-        // Pub/sub workers hand their connections over; the channel server's
-        // single worker drains. The master keeps its copy of the old worker's
-        // handoff socket until the successor is ready, for another try.
-        let takeover = match self.cfg.role {
-            Role::PubSub(_) => self
-                .workers
-                .iter()
-                .find(|(_, w)| w.slot == slot && !w.retiring)
-                .and_then(|(_, w)| w.handoff.as_ref())
-                .and_then(|fd| fd.try_clone().ok()),
-            Role::Channel(_) => None,
-        };
-        let handoff = takeover.is_some();
-        match self.spawn(slot, takeover) {
-            Ok(key) => {
-                if let Mode::Reloading(r) = &mut self.mode {
-                    r.step = Step::Starting { key, handoff, deadline: Instant::now() + READY_TIMEOUT };
-                }
-            }
-            Err(e) => self.abort_reload(&format!("cannot start new worker {slot}: {e}")),
-        }
-    }
-
-    fn abort_reload(&mut self, why: &str) {
-        let Mode::Reloading(r) = std::mem::replace(&mut self.mode, Mode::Running) else { return };
-        error!("reload stopped: {why}; the remaining workers keep serving");
-        if let Step::Starting { key, .. } = r.step {
-            if let Some(w) = self.workers.get_mut(key) {
-                w.retiring = true;
-                let _ = kill(w.pid, Signal::SIGKILL);
-            }
-        }
-        if let Some(c) = r.client {
-            self.reply(c, &Reply::Error(format!("reload stopped: {why}")));
-        }
-    }
-
     // ---- stop ----------------------------------------------------------------
 
     fn start_stop(&mut self, graceful: bool, timeout: Duration) {
@@ -582,127 +480,6 @@ impl Master {
             let _ = waitpid(w.pid, None);
         }
         ExitCode::FAILURE
-    }
-
-    // ---- the control socket --------------------------------------------------
-
-    fn accept_clients(&mut self) {
-        while let Ok((mut stream, _)) = self.control.accept() {
-            let entry = self.clients.vacant_entry();
-            let token = Token(CLIENT_BASE + entry.key());
-            if self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
-                entry.insert(Client { link: control::Conn::new(stream), hold: false });
-            }
-        }
-    }
-
-    fn on_client(&mut self, key: usize) {
-        let Some(c) = self.clients.get_mut(key) else { return };
-        let _ = c.link.flush();
-        let (reqs, closed) = c.link.receive::<Request>().unwrap_or((Vec::new(), true));
-        if closed {
-            self.drop_client(key);
-            return;
-        }
-        for req in reqs {
-            match req {
-                Request::Status | Request::Connections => {
-                    self.queued.push_back((key, req));
-                    self.start_query();
-                }
-                Request::Reload => self.start_reload(Some(key)),
-                Request::Stop { graceful, timeout_secs } => {
-                    self.clients[key].hold = true;
-                    self.reply(key, &Reply::Stopping);
-                    let timeout = Duration::from_secs(timeout_secs);
-                    self.start_stop(graceful, if graceful { timeout } else { timeout.min(KILL_TIMEOUT) });
-                }
-            }
-        }
-    }
-
-    fn reply(&mut self, key: usize, reply: &Reply) {
-        let Some(c) = self.clients.get_mut(key) else { return };
-        if c.link.send(reply).is_err() {
-            self.drop_client(key);
-        }
-    }
-
-    fn drop_client(&mut self, key: usize) {
-        let mut c = self.clients.remove(key);
-        let _ = self.poll.registry().deregister(&mut c.link.stream);
-    }
-
-    fn start_query(&mut self) {
-        if self.query.is_some() {
-            return;
-        }
-        let Some((client, req)) = self.queued.pop_front() else { return };
-        let msg = match req {
-            Request::Connections => ToWorker::Connections,
-            _ => ToWorker::Stats,
-        };
-        let mut waiting = Vec::new();
-        for (_, w) in self.workers.iter_mut().filter(|(_, w)| w.ready) {
-            if w.link.send(&msg).is_ok() {
-                waiting.push(w.pid);
-            }
-        }
-        let deadline = Instant::now() + QUERY_TIMEOUT;
-        self.query = Some(Query { client, req, waiting, stats: Vec::new(), conns: Vec::new(), deadline });
-        self.finish_query_if_done();
-    }
-
-    fn finish_query_if_done(&mut self) {
-        if self.query.as_ref().is_some_and(|q| q.waiting.is_empty()) {
-            self.finish_query();
-        }
-    }
-
-    fn finish_query(&mut self) {
-        let Some(q) = self.query.take() else { return };
-        let reply = match q.req {
-            Request::Connections => {
-                let mut conns = q.conns;
-                conns.sort_by_key(|c| (c.worker_pid, c.id));
-                Reply::Connections(conns)
-            }
-            _ => Reply::Status(self.status(q.stats)),
-        };
-        self.reply(q.client, &reply);
-        self.start_query();
-    }
-
-    fn status(&self, mut stats: Vec<(Pid, WorkerStats)>) -> Status {
-        let mut workers: Vec<WorkerRow> = self
-            .workers
-            .iter()
-            .map(|(_, w)| {
-                let stats = match stats.iter().position(|(p, _)| *p == w.pid) {
-                    Some(i) => stats.swap_remove(i).1,
-                    None => WorkerStats {
-                        state: if w.ready { "unresponsive" } else { "starting" }.into(),
-                        ..Default::default()
-                    },
-                };
-                WorkerRow {
-                    id: w.slot,
-                    pid: w.pid.as_raw() as u32,
-                    memory_kb: rss_kb(w.pid),
-                    restarts: self.slots[w.slot].restarts,
-                    stats,
-                }
-            })
-            .collect();
-        workers.sort_by_key(|w| (w.id, w.pid));
-        Status {
-            name: self.cfg.name.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
-            listen: self.cfg.listen.to_string(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            workers,
-        }
     }
 }
 

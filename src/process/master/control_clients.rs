@@ -1,0 +1,151 @@
+//! The control socket's side of the master: the connected clients, their
+//! requests (`status`, `connections`, `reload`, `stop`) and the replies, and
+//! the status/connections query that asks every ready worker and collects
+//! the answers (those arrive in `on_worker` in `mod.rs`).
+
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Token};
+use nix::unistd::Pid;
+
+use super::{rss_kb, Master, CLIENT_BASE, KILL_TIMEOUT};
+use crate::process::control::{self, ConnInfo, Reply, Request, Status, ToWorker, WorkerRow, WorkerStats};
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(super) struct Client {
+    link: control::Conn,
+    /// Asked to stop: the socket stays open until the master exits.
+    hold: bool,
+}
+
+/// A status or connections request in flight: one at a time.
+pub(super) struct Query {
+    client: usize,
+    req: Request,
+    pub(super) waiting: Vec<Pid>,
+    pub(super) stats: Vec<(Pid, WorkerStats)>,
+    pub(super) conns: Vec<ConnInfo>,
+    pub(super) deadline: Instant,
+}
+
+impl Master {
+    pub(super) fn accept_clients(&mut self) {
+        while let Ok((mut stream, _)) = self.control.accept() {
+            let entry = self.clients.vacant_entry();
+            let token = Token(CLIENT_BASE + entry.key());
+            if self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                entry.insert(Client { link: control::Conn::new(stream), hold: false });
+            }
+        }
+    }
+
+    pub(super) fn on_client(&mut self, key: usize) {
+        let Some(c) = self.clients.get_mut(key) else { return };
+        let _ = c.link.flush();
+        let (reqs, closed) = c.link.receive::<Request>().unwrap_or((Vec::new(), true));
+        if closed {
+            self.drop_client(key);
+            return;
+        }
+        for req in reqs {
+            match req {
+                Request::Status | Request::Connections => {
+                    self.queued.push_back((key, req));
+                    self.start_query();
+                }
+                Request::Reload => self.start_reload(Some(key)),
+                Request::Stop { graceful, timeout_secs } => {
+                    self.clients[key].hold = true;
+                    self.reply(key, &Reply::Stopping);
+                    let timeout = Duration::from_secs(timeout_secs);
+                    self.start_stop(graceful, if graceful { timeout } else { timeout.min(KILL_TIMEOUT) });
+                }
+            }
+        }
+    }
+
+    pub(super) fn reply(&mut self, key: usize, reply: &Reply) {
+        let Some(c) = self.clients.get_mut(key) else { return };
+        if c.link.send(reply).is_err() {
+            self.drop_client(key);
+        }
+    }
+
+    fn drop_client(&mut self, key: usize) {
+        let mut c = self.clients.remove(key);
+        let _ = self.poll.registry().deregister(&mut c.link.stream);
+    }
+
+    fn start_query(&mut self) {
+        if self.query.is_some() {
+            return;
+        }
+        let Some((client, req)) = self.queued.pop_front() else { return };
+        let msg = match req {
+            Request::Connections => ToWorker::Connections,
+            _ => ToWorker::Stats,
+        };
+        let mut waiting = Vec::new();
+        for (_, w) in self.workers.iter_mut().filter(|(_, w)| w.ready) {
+            if w.link.send(&msg).is_ok() {
+                waiting.push(w.pid);
+            }
+        }
+        let deadline = Instant::now() + QUERY_TIMEOUT;
+        self.query = Some(Query { client, req, waiting, stats: Vec::new(), conns: Vec::new(), deadline });
+        self.finish_query_if_done();
+    }
+
+    pub(super) fn finish_query_if_done(&mut self) {
+        if self.query.as_ref().is_some_and(|q| q.waiting.is_empty()) {
+            self.finish_query();
+        }
+    }
+
+    pub(super) fn finish_query(&mut self) {
+        let Some(q) = self.query.take() else { return };
+        let reply = match q.req {
+            Request::Connections => {
+                let mut conns = q.conns;
+                conns.sort_by_key(|c| (c.worker_pid, c.id));
+                Reply::Connections(conns)
+            }
+            _ => Reply::Status(self.status(q.stats)),
+        };
+        self.reply(q.client, &reply);
+        self.start_query();
+    }
+
+    fn status(&self, mut stats: Vec<(Pid, WorkerStats)>) -> Status {
+        let mut workers: Vec<WorkerRow> = self
+            .workers
+            .iter()
+            .map(|(_, w)| {
+                let stats = match stats.iter().position(|(p, _)| *p == w.pid) {
+                    Some(i) => stats.swap_remove(i).1,
+                    None => WorkerStats {
+                        state: if w.ready { "unresponsive" } else { "starting" }.into(),
+                        ..Default::default()
+                    },
+                };
+                WorkerRow {
+                    id: w.slot,
+                    pid: w.pid.as_raw() as u32,
+                    memory_kb: rss_kb(w.pid),
+                    restarts: self.slots[w.slot].restarts,
+                    stats,
+                }
+            })
+            .collect();
+        workers.sort_by_key(|w| (w.id, w.pid));
+        Status {
+            name: self.cfg.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            listen: self.cfg.listen.to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            workers,
+        }
+    }
+}
