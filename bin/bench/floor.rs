@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{median, raise_nofile};
+use crate::rusage::raise_nofile;
+use crate::table::median;
 
 #[derive(Args, Clone, Debug)]
 pub struct FloorArgs {

@@ -1,0 +1,186 @@
+//! The publisher, on the main thread: publishes every message on one
+//! connection, within the window of messages in flight or at a fixed rate.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::cli::Plan;
+use crate::conn::{Conn, ReadOutcome};
+use crate::hist::Hist;
+use crate::payload::{self, now_ns};
+use crate::proto::Event;
+use crate::subscribers::Shared;
+
+const PUB: Token = Token(0);
+pub const WAKE: Token = Token(1);
+/// Bytes encoded per batch before writing.
+const BATCH: usize = 64 * 1024;
+
+#[derive(Default)]
+pub struct PubReport {
+    pub sent: u64,
+    pub first_send: u64,
+    pub last_send: u64,
+    acks: u64,
+    pub ack_receivers: i64,
+    pub errors: Vec<String>,
+    /// Rate mode: how late each message was written against its schedule.
+    pub lag: Option<Hist>,
+}
+
+pub struct Publisher<'a> {
+    plan: &'a Plan,
+    shared: &'a Shared,
+    poll: Poll,
+    events: Events,
+    conn: Conn,
+    readable: bool,
+    scratch: Vec<u8>,
+    pongs: u64,
+    pub report: PubReport,
+}
+
+impl<'a> Publisher<'a> {
+    /// Connects and waits for the answer to a PING, so the connection is ready.
+    pub fn connect(plan: &'a Plan, shared: &'a Shared, poll: Poll) -> Result<Self, String> {
+        let addr = plan.pub_addr;
+        let std = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
+        std.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut stream = TcpStream::from_std(std);
+        poll.registry()
+            .register(&mut stream, PUB, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| e.to_string())?;
+        let mut p = Publisher {
+            plan,
+            shared,
+            poll,
+            events: Events::with_capacity(16),
+            conn: Conn::new(stream),
+            readable: true,
+            scratch: vec![0; 64 * 1024],
+            pongs: 0,
+            report: PubReport::default(),
+        };
+        p.plan.proto.hello(&mut p.conn.out);
+        p.barrier(Instant::now() + Duration::from_secs(10)).map_err(|e| format!("publisher: {e}"))?;
+        Ok(p)
+    }
+
+    /// Sends a ping and waits for its pong: the server has read all we sent.
+    fn barrier(&mut self, deadline: Instant) -> Result<(), String> {
+        let want = self.pongs + 1;
+        self.plan.proto.ping(&mut self.conn.out);
+        while self.pongs < want {
+            if Instant::now() > deadline {
+                return Err("no answer to ping in time".into());
+            }
+            self.io(Some(Duration::from_millis(100)))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, waits up to `timeout` for readiness, reads replies.
+    fn io(&mut self, timeout: Option<Duration>) -> Result<(), String> {
+        self.conn.flush()?;
+        if let Some(t) = timeout {
+            self.poll.poll(&mut self.events, Some(t)).map_err(|e| format!("poll: {e}"))?;
+            self.readable |= self.events.iter().any(|e| e.token() == PUB && e.is_readable());
+        }
+        if self.readable {
+            let (pongs, report) = (&mut self.pongs, &mut self.report);
+            let outcome = self.conn.read_events(self.plan.proto, &mut self.scratch, |ev, out, _| match ev {
+                Event::Pong => *pongs += 1,
+                Event::Ping => out.extend_from_slice(b"PONG\r\n"),
+                Event::Ack(n) => {
+                    report.acks += 1;
+                    report.ack_receivers += n;
+                }
+                Event::Error(e) if report.errors.len() < 10 => report.errors.push(String::from_utf8_lossy(e).into_owned()),
+                _ => {}
+            })?;
+            match outcome {
+                ReadOutcome::Drained => self.readable = false,
+                ReadOutcome::More => {}
+                ReadOutcome::Eof => return Err("server closed the publisher's connection".into()),
+            }
+        }
+        self.conn.flush()
+    }
+
+    /// Publishes every message, then waits for the barrier.
+    pub fn run(&mut self) {
+        if let Err(e) = self.publish() {
+            self.report.errors.push(e);
+        }
+        self.shared.pub_done.store(now_ns(), Ordering::Release);
+    }
+
+    fn publish(&mut self) -> Result<(), String> {
+        let plan = self.plan;
+        let ntopics = plan.topics.len() as u64;
+        let frames: Vec<_> = plan.topics.iter().map(|t| plan.proto.publish_frame(t, plan.payload)).collect();
+        let pad = vec![b'.'; plan.payload - 32];
+        let start = now_ns();
+        let deadline = Instant::now() + plan.time_limit;
+        let interval = if plan.rate > 0 { 1e9 / plan.rate as f64 } else { 0.0 };
+        let mut lag = Hist::new();
+        let (mut progress_seen, mut progress_at) = (0, Instant::now());
+        self.report.first_send = start;
+        let mut i = 0u64;
+        while i < plan.messages || self.conn.queued() > 0 {
+            let now = Instant::now();
+            if now > deadline {
+                return Err(format!("time limit: sent {i} of {} messages", plan.messages));
+            }
+            // Encode a batch: what the window and the schedule allow.
+            let progress = self.shared.progress();
+            if progress != progress_seen {
+                (progress_seen, progress_at) = (progress, now);
+            }
+            let allowed = |i: u64| plan.window == 0 || i / ntopics < progress.saturating_add(plan.window);
+            let t = now_ns();
+            let due = |i: u64| interval == 0.0 || start + (i as f64 * interval) as u64 <= t;
+            while i < plan.messages && self.conn.queued() < BATCH && allowed(i) && due(i) {
+                let (head, tail) = &frames[(i % ntopics) as usize];
+                let ts = now_ns();
+                if interval > 0.0 {
+                    lag.record(ts.saturating_sub(start + (i as f64 * interval) as u64));
+                }
+                self.conn.out.extend_from_slice(head);
+                payload::put(&mut self.conn.out, i / ntopics, ts, &pad);
+                self.conn.out.extend_from_slice(tail);
+                i += 1;
+            }
+            self.io(Some(Duration::ZERO))?; // write the batch, read replies (Redis acks)
+            if i == plan.messages && self.conn.queued() == 0 {
+                break;
+            }
+            // Wait for whatever holds us back.
+            if self.conn.queued() > 0 {
+                self.io(Some(Duration::from_millis(100)))?; // socket full
+            } else if i < plan.messages && !allowed(i) {
+                if progress_at.elapsed() > plan.drain {
+                    return Err(format!("subscribers stalled: sent {i} of {} messages", plan.messages));
+                }
+                self.shared.pub_waiting.store(true, Ordering::Release);
+                if self.shared.progress() == progress {
+                    self.io(Some(Duration::from_millis(100)))?;
+                }
+            } else if interval > 0.0 {
+                let next = start + (i as f64 * interval) as u64;
+                let wait = next.saturating_sub(now_ns());
+                std::thread::sleep(Duration::from_nanos(wait.min(10_000_000)));
+            }
+        }
+        self.report.sent = i;
+        self.report.last_send = now_ns();
+        if interval > 0.0 {
+            self.report.lag = Some(lag);
+        }
+        let barrier_deadline = deadline.max(Instant::now() + Duration::from_secs(10));
+        self.barrier(barrier_deadline)
+    }
+}
