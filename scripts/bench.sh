@@ -10,16 +10,15 @@
 #   --runs N          runs per scenario (default 3; quick and smoke: 1)
 #   --peers "LIST"    servers to measure, from: fanout nats redis
 #   --scenarios "L"   only these scenario names (fanout1 fanout10 fanout100
-#                     fanout1000 topics latency10k latency50k conns)
+#                     fanout1000 fanout4x100 topics latency10k latency50k conns)
 #   --bin-dir DIR     use the binaries in DIR instead of building (e.g. target/debug)
 #   --out DIR         where results.jsonl and table.md go (default target/bench/<time>)
 #   --no-install      never apt-get install nats-server / redis-server
 #   --keep            keep the temporary directory (pid files, server logs)
 #   --bench-args "A"  extra arguments for every fanout-bench run (e.g. --sub-threads 1)
-# Environment: SUB_WORKERS (worker processes of our subscriber server; default
-#   one per core, as it would be deployed), DS_WORKERS (of our data-source
-#   server; default 1, since the bench publishes on one connection),
-#   SEND_QUEUE (their --max-send-queue),
+# Environment: SUB_WORKERS, DS_WORKERS (worker processes of our subscriber and
+#   data-source servers; default one per core each, as they would be
+#   deployed), SEND_QUEUE (their --max-send-queue),
 #   FANOUT_REV (what to call the measured build in the header; default: the
 #   git revision when built here, else the --bin-dir path).
 #
@@ -54,7 +53,7 @@ case "$MODE" in
     quick) RUNS=${RUNS:-1}; PEERS=${PEERS:-"fanout nats redis"} ;;
     smoke) RUNS=${RUNS:-1}; PEERS=${PEERS:-"fanout"}; INSTALL=0 ;;
 esac
-SUB_WORKERS=${SUB_WORKERS:-$(nproc)} DS_WORKERS=${DS_WORKERS:-1} SEND_QUEUE=${SEND_QUEUE:-}
+SUB_WORKERS=${SUB_WORKERS:-$(nproc)} DS_WORKERS=${DS_WORKERS:-$(nproc)} SEND_QUEUE=${SEND_QUEUE:-}
 
 log() { echo "bench.sh: $*" >&2; }
 
@@ -173,6 +172,7 @@ fanout1|--scenario fanout --subs 1 --messages 4000000
 fanout10|--scenario fanout --subs 10 --messages 2000000
 fanout100|--scenario fanout --subs 100 --messages 200000
 fanout1000|--scenario fanout --subs 1000 --messages 20000
+fanout4x100|--scenario fanout --pubs 4 --subs 100 --messages 200000
 topics|--scenario topics --topics 1000 --messages 1000000
 latency10k|--scenario latency --rate 10000 --messages 50000
 latency50k|--scenario latency --rate 50000 --messages 250000
@@ -184,6 +184,7 @@ fanout1|--scenario fanout --subs 1 --messages 200000
 fanout10|--scenario fanout --subs 10 --messages 50000
 fanout100|--scenario fanout --subs 100 --messages 5000
 fanout1000|--scenario fanout --subs 1000 --messages 1000
+fanout4x100|--scenario fanout --pubs 4 --subs 100 --messages 5000
 topics|--scenario topics --topics 1000 --messages 50000
 latency10k|--scenario latency --rate 10000 --messages 10000
 latency50k|--scenario latency --rate 50000 --messages 50000
@@ -191,7 +192,7 @@ conns|--scenario conns --subs 10000 --messages 3
 EOF
         ;;
         smoke) cat <<'EOF'
-fanout10|--scenario fanout --subs 10 --messages 2000 --time-limit 10
+fanout10|--scenario fanout --pubs 2 --subs 10 --messages 2000 --time-limit 10
 topics|--scenario topics --topics 50 --messages 2000 --time-limit 10
 latency2k|--scenario latency --rate 2000 --messages 1000 --time-limit 10
 conns|--scenario conns --subs 200 --messages 3 --time-limit 10 --setup-timeout 10

@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// Where subscribers connect (fanout: the subscriber server) [default: --pub-addr]
     #[arg(long, value_name = "ADDR")]
     sub_addr: Option<SocketAddr>,
+    /// Publisher connections; a topic's sequence number n goes out on
+    /// connection n mod pubs, so each subscriber checks the order per publisher
+    #[arg(long, default_value_t = 1)]
+    pubs: usize,
     /// Subscriber connections [fanout 10, topics = --topics, latency 1, conns 10000]
     #[arg(long)]
     subs: Option<usize>,
@@ -117,6 +121,7 @@ pub struct Plan {
     pub scenario: Scenario,
     pub pub_addr: SocketAddr,
     pub sub_addr: SocketAddr,
+    pub pubs: usize,
     pub subs: usize,
     pub topics: Vec<String>,
     pub messages: u64,
@@ -165,6 +170,9 @@ impl Plan {
         if topics == 0 || subs < topics {
             return Err("need at least one topic and at least one subscriber per topic".into());
         }
+        if a.pubs == 0 || a.pubs > 64 {
+            return Err("--pubs must be between 1 and 64".into());
+        }
         if messages == 0 || messages > 50_000_000 {
             return Err("--messages must be between 1 and 50 000 000".into());
         }
@@ -172,7 +180,7 @@ impl Plan {
             return Err("--payload must be between 32 and 60000".into());
         }
         let name = a.name.clone().unwrap_or_else(|| match a.scenario {
-            Fanout => format!("fanout 1→{subs}"),
+            Fanout => format!("fanout {}→{subs}", a.pubs),
             Topics => format!("topics {topics}×{}", subs / topics),
             Latency => format!("latency {}/s", si(rate as f64)),
             Conns => format!("conns {subs}"),
@@ -183,6 +191,7 @@ impl Plan {
             scenario: a.scenario,
             pub_addr: a.pub_addr,
             sub_addr,
+            pubs: a.pubs,
             subs,
             topics: (0..topics).map(|k| format!("t{k}")).collect(),
             messages,

@@ -1,5 +1,6 @@
-//! The publisher, on the main thread: publishes every message on one
-//! connection, within the window of messages in flight or at a fixed rate.
+//! The publishers, on the main thread: publish every message on one of
+//! `--pubs` connections, within the window of messages in flight or at a fixed
+//! rate.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,8 +15,9 @@ use crate::payload::{self, now_ns};
 use crate::proto::Event;
 use crate::subscribers::Shared;
 
-const PUB: Token = Token(0);
-pub const WAKE: Token = Token(1);
+pub const WAKE: Token = Token(0);
+/// Publisher connection k has token FIRST_PUB + k.
+const FIRST_PUB: usize = 1;
 /// Bytes encoded per batch before writing.
 const BATCH: usize = 64 * 1024;
 
@@ -36,43 +38,58 @@ pub struct Publisher<'a> {
     shared: &'a Shared,
     poll: Poll,
     events: Events,
-    conn: Conn,
-    readable: bool,
+    conns: Vec<Conn>,
+    /// Per connection: may have input to read.
+    readable: Vec<bool>,
     scratch: Vec<u8>,
+    /// Pongs received over all connections.
     pongs: u64,
     pub report: PubReport,
 }
 
 impl<'a> Publisher<'a> {
-    /// Connects and waits for the answer to a PING, so the connection is ready.
+    /// Connects and waits for the answer to a PING on every connection, so
+    /// they are all ready.
     pub fn connect(plan: &'a Plan, shared: &'a Shared, poll: Poll) -> Result<Self, String> {
         let addr = plan.pub_addr;
-        let std = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
-        std.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let mut stream = TcpStream::from_std(std);
-        poll.registry()
-            .register(&mut stream, PUB, Interest::READABLE | Interest::WRITABLE)
-            .map_err(|e| e.to_string())?;
+        let mut conns = Vec::with_capacity(plan.pubs);
+        for k in 0..plan.pubs {
+            let std = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
+            std.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let mut stream = TcpStream::from_std(std);
+            poll.registry()
+                .register(&mut stream, Token(FIRST_PUB + k), Interest::READABLE | Interest::WRITABLE)
+                .map_err(|e| e.to_string())?;
+            let mut conn = Conn::new(stream);
+            plan.proto.hello(&mut conn.out);
+            conns.push(conn);
+        }
         let mut p = Publisher {
             plan,
             shared,
             poll,
-            events: Events::with_capacity(16),
-            conn: Conn::new(stream),
-            readable: true,
+            events: Events::with_capacity(16 + plan.pubs),
+            readable: vec![true; conns.len()],
+            conns,
             scratch: vec![0; 64 * 1024],
             pongs: 0,
             report: PubReport::default(),
         };
-        p.plan.proto.hello(&mut p.conn.out);
         p.barrier(Instant::now() + Duration::from_secs(10)).map_err(|e| format!("publisher: {e}"))?;
         Ok(p)
     }
 
-    /// Sends a ping and waits for its pong: the server has read all we sent.
+    fn queued(&self) -> bool {
+        self.conns.iter().any(|c| c.queued() > 0)
+    }
+
+    /// Sends a ping on every connection and waits for the pongs: the server
+    /// has read all we sent.
     fn barrier(&mut self, deadline: Instant) -> Result<(), String> {
-        let want = self.pongs + 1;
-        self.plan.proto.ping(&mut self.conn.out);
+        let want = self.pongs + self.conns.len() as u64;
+        for c in &mut self.conns {
+            self.plan.proto.ping(&mut c.out);
+        }
         while self.pongs < want {
             if Instant::now() > deadline {
                 return Err("no answer to ping in time".into());
@@ -84,14 +101,21 @@ impl<'a> Publisher<'a> {
 
     /// Flushes, waits up to `timeout` for readiness, reads replies.
     fn io(&mut self, timeout: Option<Duration>) -> Result<(), String> {
-        self.conn.flush()?;
+        self.conns.iter_mut().try_for_each(Conn::flush)?;
         if let Some(t) = timeout {
             self.poll.poll(&mut self.events, Some(t)).map_err(|e| format!("poll: {e}"))?;
-            self.readable |= self.events.iter().any(|e| e.token() == PUB && e.is_readable());
+            for ev in self.events.iter().filter(|e| e.is_readable()) {
+                if let Some(r) = ev.token().0.checked_sub(FIRST_PUB).and_then(|k| self.readable.get_mut(k)) {
+                    *r = true;
+                }
+            }
         }
-        if self.readable {
+        for (conn, readable) in self.conns.iter_mut().zip(&mut self.readable) {
+            if !*readable {
+                continue;
+            }
             let (pongs, report) = (&mut self.pongs, &mut self.report);
-            let outcome = self.conn.read_events(self.plan.proto, &mut self.scratch, |ev, out, _| match ev {
+            let outcome = conn.read_events(self.plan.proto, &mut self.scratch, |ev, out, _| match ev {
                 Event::Pong => *pongs += 1,
                 Event::Ping => out.extend_from_slice(b"PONG\r\n"),
                 Event::Ack(n) => {
@@ -102,12 +126,12 @@ impl<'a> Publisher<'a> {
                 _ => {}
             })?;
             match outcome {
-                ReadOutcome::Drained => self.readable = false,
+                ReadOutcome::Drained => *readable = false,
                 ReadOutcome::More => {}
-                ReadOutcome::Eof => return Err("server closed the publisher's connection".into()),
+                ReadOutcome::Eof => return Err("server closed a publisher's connection".into()),
             }
         }
-        self.conn.flush()
+        self.conns.iter_mut().try_for_each(Conn::flush)
     }
 
     /// Publishes every message, then waits for the barrier.
@@ -129,8 +153,9 @@ impl<'a> Publisher<'a> {
         let mut lag = Hist::new();
         let (mut progress_seen, mut progress_at) = (0, Instant::now());
         self.report.first_send = start;
+        let pubs = self.conns.len() as u64;
         let mut i = 0u64;
-        while i < plan.messages || self.conn.queued() > 0 {
+        while i < plan.messages || self.queued() {
             let now = Instant::now();
             if now > deadline {
                 return Err(format!("time limit: sent {i} of {} messages", plan.messages));
@@ -143,23 +168,28 @@ impl<'a> Publisher<'a> {
             let allowed = |i: u64| plan.window == 0 || i / ntopics < progress.saturating_add(plan.window);
             let t = now_ns();
             let due = |i: u64| interval == 0.0 || start + (i as f64 * interval) as u64 <= t;
-            while i < plan.messages && self.conn.queued() < BATCH && allowed(i) && due(i) {
+            while i < plan.messages && allowed(i) && due(i) {
+                let seq = i / ntopics;
+                let conn = &mut self.conns[(seq % pubs) as usize];
+                if conn.queued() >= BATCH {
+                    break;
+                }
                 let (head, tail) = &frames[(i % ntopics) as usize];
                 let ts = now_ns();
                 if interval > 0.0 {
                     lag.record(ts.saturating_sub(start + (i as f64 * interval) as u64));
                 }
-                self.conn.out.extend_from_slice(head);
-                payload::put(&mut self.conn.out, i / ntopics, ts, &pad);
-                self.conn.out.extend_from_slice(tail);
+                conn.out.extend_from_slice(head);
+                payload::put(&mut conn.out, seq, ts, &pad);
+                conn.out.extend_from_slice(tail);
                 i += 1;
             }
             self.io(Some(Duration::ZERO))?; // write the batch, read replies (Redis acks)
-            if i == plan.messages && self.conn.queued() == 0 {
+            if i == plan.messages && !self.queued() {
                 break;
             }
             // Wait for whatever holds us back.
-            if self.conn.queued() > 0 {
+            if self.queued() {
                 self.io(Some(Duration::from_millis(100)))?; // socket full
             } else if i < plan.messages && !allowed(i) {
                 if progress_at.elapsed() > plan.drain {

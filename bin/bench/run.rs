@@ -27,6 +27,7 @@ pub struct RunResult {
     pub proto: Option<Proto>,
     pub ok: bool,
     pub failures: Vec<String>,
+    pub pubs: usize,
     pub subs: usize,
     pub topics: usize,
     pub messages: u64,
@@ -149,6 +150,7 @@ pub fn run(args: &RunArgs) -> Result<RunResult, String> {
             name: plan.name.clone(),
             scenario: Some(plan.scenario),
             proto: Some(plan.proto),
+            pubs: plan.pubs,
             subs: plan.subs,
             topics: plan.topics.len(),
             messages: plan.messages,
@@ -221,8 +223,8 @@ pub fn print_text(r: &RunResult) {
         println!("  failure: {f}");
     }
     println!(
-        "  {} subs, {} topics, sent {}/{} (window {}, rate {}), setup {:.2}s",
-        r.subs, r.topics, r.sent, r.messages, r.window, r.rate, r.setup_s
+        "  {} pubs, {} subs, {} topics, sent {}/{} (window {}, rate {}), setup {:.2}s",
+        r.pubs, r.subs, r.topics, r.sent, r.messages, r.window, r.rate, r.setup_s
     );
     println!(
         "  delivered {}/{} in {:.3}s = {}/s (publish {}/s); missing {} dup {} ooo {} corrupt {} disc {}",

@@ -42,7 +42,8 @@ struct Track {
     /// Bit per sequence number received.
     seen: Vec<u64>,
     distinct: u64,
-    next_max: u64,
+    /// Per publisher (sequence number mod pubs): one past the highest seen.
+    next_max: Vec<u64>,
     duplicates: u64,
     out_of_order: u64,
     corrupt: u64,
@@ -179,7 +180,7 @@ impl<'a> SubSide<'a> {
             .map(|i| {
                 let topic = i % plan.topics.len();
                 let expected = plan.expected(topic);
-                let track = Track { topic, expected, ..Default::default() };
+                let track = Track { topic, expected, next_max: vec![0; plan.pubs], ..Default::default() };
                 Sub { conn: None, confirmed: false, more: false, track }
             })
             .collect();
@@ -335,10 +336,11 @@ impl<'a> SubSide<'a> {
                     }
                     track.seen[w] |= bit;
                     track.distinct += 1;
-                    if seq < track.next_max {
+                    let next_max = &mut track.next_max[(seq % plan.pubs as u64) as usize];
+                    if seq < *next_max {
                         track.out_of_order += 1;
                     }
-                    track.next_max = track.next_max.max(seq + 1);
+                    *next_max = (*next_max).max(seq + 1);
                     if track.distinct == track.expected {
                         *fin += 1;
                     }
