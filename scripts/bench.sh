@@ -23,7 +23,8 @@
 #   git revision when built here, else the --bin-dir path).
 #
 # With the conns scenario it also measures the machine's floor for it
-# (`fanout-bench floor`: the same writes and reads with no server at all).
+# (`fanout-bench floor`: the same writes and reads with no server at all), and
+# with a latency scenario the latency of one socket crossing (`fanout-bench hop`).
 #
 # Every server is started on a free loopback port with its own pid and log
 # files in a temporary directory, freshly for each run, and stopped on exit.
@@ -230,9 +231,10 @@ while IFS='|' read -r name args; do
     done
 done < <(scenarios)
 
-# ── the machine's floor for conns: the writes alone, no server ─────────────
-FLOOR=""
-if [ -z "$SCENARIOS" ] || grep -qw conns <<<"$SCENARIOS"; then
+# ── the machine's floors: the same work with no server ─────────────────────
+selected() { [ -z "$SCENARIOS" ] || grep -qw "$1" <<<"$SCENARIOS"; }
+FLOOR="" HOP=""
+if selected conns; then
     case "$MODE" in
         full) floor_args=(--conns 10000 --rounds 10) ;;
         quick) floor_args=(--conns 10000 --rounds 3) ;;
@@ -240,6 +242,12 @@ if [ -z "$SCENARIOS" ] || grep -qw conns <<<"$SCENARIOS"; then
     esac
     log "floor: ${floor_args[*]}"
     FLOOR=$("$BENCH" floor "${floor_args[@]}") || { log "  floor FAILED"; FAILED=$((FAILED + 1)); }
+fi
+if selected latency10k || selected latency50k || selected latency2k; then
+    hop_args=(--round-trips 50000)
+    [ "$MODE" = smoke ] && hop_args=(--round-trips 2000)
+    log "hop: ${hop_args[*]}"
+    HOP=$("$BENCH" hop "${hop_args[@]}") || { log "  hop FAILED"; FAILED=$((FAILED + 1)); }
 fi
 
 # ── report ────────────────────────────────────────────────────────────────
@@ -259,6 +267,15 @@ fi
         echo
         echo '```'
         echo "$FLOOR"
+        echo '```'
+    fi
+    if [ -n "$HOP" ]; then
+        echo
+        echo "The latency scenarios' floor (\`fanout-bench hop\`: one socket crossing; a message"
+        echo "crosses four through our servers, two through NATS or Redis):"
+        echo
+        echo '```'
+        echo "$HOP"
         echo '```'
     fi
 } | tee "$OUT/table.md"

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::floor;
+use crate::{floor, hop};
 use crate::proto::Proto;
 use crate::table::si;
 
@@ -33,6 +33,9 @@ pub enum Cmd {
     /// Measure this machine's floor for the conns scenario: no server, only
     /// the writes of one line to N loopback connections and their reads
     Floor(floor::FloorArgs),
+    /// Measure the latency of one loopback socket crossing: the floor for
+    /// the latency scenarios
+    Hop(hop::HopArgs),
     /// The reading side of `floor` (started by it)
     #[command(hide = true)]
     FloorRead(floor::FloorReadArgs),

@@ -24,7 +24,7 @@ use crate::table::median;
 
 #[derive(Args, Clone, Debug)]
 pub struct FloorArgs {
-    /// Connections (each needs two descriptors in this one process)
+    /// Connections
     #[arg(long, default_value_t = 10_000)]
     conns: usize,
     /// Writer thread counts to measure, e.g. 1,2 (one per server worker)

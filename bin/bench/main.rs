@@ -30,6 +30,7 @@ use table::table;
 mod cli;
 mod conn;
 mod floor;
+mod hop;
 mod hist;
 mod payload;
 mod procfs;
@@ -69,6 +70,7 @@ fn main() {
             }
         },
         Cmd::Floor(args) => floor::floor(&args).map_or_else(|e| { eprintln!("fanout-bench: {e}"); 1 }, |_| 0),
+        Cmd::Hop(args) => hop::hop(&args).map_or_else(|e| { eprintln!("fanout-bench: {e}"); 1 }, |_| 0),
         Cmd::FloorRead(args) => floor::floor_read(&args).map_or_else(|e| { println!("{e}"); 1 }, |_| 0),
         Cmd::Table { files, runs } => table(&files, runs).map_or_else(|e| { eprintln!("fanout-bench: {e}"); 1 }, |_| 0),
         Cmd::FreePort { n } => {
