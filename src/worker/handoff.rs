@@ -5,8 +5,8 @@
 //! died), it carries on serving as if nothing had happened.
 //!
 //! Wire format, one message after another on a stream socket:
-//! `length:u32be fds:u8 payload` where payload is a bincode-encoded `Msg` and
-//! `fds` descriptors travel with the message. The kernel delivers a message's
+//! `length:u32be version:u8 fds:u8 payload` where payload is a bincode-encoded
+//! `Msg` and `fds` descriptors travel with the message. The kernel delivers a message's
 //! descriptors no later than its bytes, so the receiver queues descriptors as
 //! they come and hands each message the ones it declares.
 
@@ -72,6 +72,14 @@ pub enum Msg {
     Link(LinkState),
 }
 
+/// The shape of `Msg` and the states in it. Bump it whenever they change: a
+/// reload may run a build with another shape, and bincode would misread it
+/// silently. A successor that reads another version refuses the handoff, so
+/// the reload fails and the old worker keeps serving. (Builds before this
+/// byte existed sent their `fds` byte, 0 or 1, in its place.)
+const VERSION: u8 = 2;
+const HEAD: usize = 6;
+
 /// How long the old worker waits for its successor to take everything.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK: u8 = b'k';
@@ -89,9 +97,10 @@ impl Sender {
 
     pub fn send(&mut self, msg: &Msg, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
         let payload = bincode::serialize(msg).map_err(io::Error::other)?;
-        let mut head = [0u8; 5];
+        let mut head = [0u8; HEAD];
         head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-        head[4] = u8::from(fd.is_some());
+        head[4] = VERSION;
+        head[5] = u8::from(fd.is_some());
         let raw = fd.map(|f| [f.as_raw_fd()]);
         let cmsgs: Vec<ControlMessage<'_>> = raw.as_ref().map(|r| ControlMessage::ScmRights(r)).into_iter().collect();
         let iov = [IoSlice::new(&head), IoSlice::new(&payload)];
@@ -162,19 +171,29 @@ impl Receiver {
 
     /// The next whole message and its descriptor.
     pub fn next_msg(&mut self) -> io::Result<Option<(Msg, Option<OwnedFd>)>> {
-        if self.buf.len() < 5 {
+        if self.buf.len() < HEAD {
             return Ok(None);
+        }
+        if self.buf[4] != VERSION {
+            let theirs = match self.buf[4] {
+                0 | 1 => "a format from before format numbers".to_string(),
+                v => format!("format {v}"),
+            };
+            return Err(io::Error::other(format!(
+                "the old worker's build hands over in {theirs}, this build reads format {VERSION}: \
+                 use restart instead of reload to change between them"
+            )));
         }
         let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
-        if self.buf.len() < 5 + len {
+        if self.buf.len() < HEAD + len {
             return Ok(None);
         }
-        let fd = match self.buf[4] {
+        let fd = match self.buf[5] {
             0 => None,
             _ => Some(self.fds.pop_front().ok_or_else(|| io::Error::other("a message arrived without its descriptor"))?),
         };
-        let msg = bincode::deserialize(&self.buf[5..5 + len]).map_err(io::Error::other)?;
-        self.buf.drain(..5 + len);
+        let msg = bincode::deserialize(&self.buf[HEAD..HEAD + len]).map_err(io::Error::other)?;
+        self.buf.drain(..HEAD + len);
         Ok(Some((msg, fd)))
     }
 
@@ -221,5 +240,16 @@ mod tests {
         sender.join().unwrap().unwrap();
         assert!(matches!(&got[0], (Msg::Client(c), Some(_)) if c.id == 7 && c.unsent.len() == 300_000));
         assert!(matches!(&got[1], (Msg::Link(l), None) if l.unsent == [1, 2]));
+    }
+
+    #[test]
+    fn another_format_is_refused() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut rx = Receiver::new(b).unwrap();
+        // What a build before the version byte sent: length, fds = 0, payload.
+        a.write_all(&[0, 0, 0, 1, 0, 9]).unwrap();
+        rx.read().unwrap();
+        let err = rx.next_msg().unwrap_err().to_string();
+        assert!(err.contains("before format numbers") && err.contains(&format!("format {VERSION}")), "{err}");
     }
 }
