@@ -47,8 +47,10 @@ pub enum HeldState {
 /// after every client, whose ids the topics refer to.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LinkState {
-    /// Unsent bytes (whole frames, the first perhaps partly written already).
+    /// Frames not yet written in full.
     pub unsent: Vec<u8>,
+    /// Bytes of the first of them already written.
+    pub written: usize,
     /// Bytes received and not yet parsed (the start of a frame).
     pub unparsed: Vec<u8>,
     pub topics: Vec<TopicState>,
@@ -225,7 +227,7 @@ mod tests {
         };
         let sender = std::thread::spawn(move || {
             tx.send(&Msg::Client(state), Some(std::os::fd::AsFd::as_fd(&x))).unwrap();
-            let link = LinkState { unsent: vec![1, 2], unparsed: vec![], topics: vec![], lost: 0 };
+            let link = LinkState { unsent: vec![1, 2], written: 0, unparsed: vec![], topics: vec![], lost: 0 };
             tx.send(&Msg::Link(link), None).unwrap();
             tx.finish()
         });

@@ -2,7 +2,7 @@
 //! buffers publishes (bounded) while it is down, holds them for a moment after
 //! a reconnect (see SETTLE), and hands out the frames the channel server sends.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use super::event_loop::SERVICE;
+use super::out_frames::OutFrames;
 use crate::protocol::frame::{Frame, FrameReader, VERSION};
 
 pub const TOKEN: mio::Token = SERVICE;
@@ -33,9 +34,7 @@ pub struct Link {
     secret: Vec<u8>,
     stream: Option<TcpStream>,
     pub state: State,
-    /// Whole frames; `out[sent..]` is not written yet.
-    out: Vec<u8>,
-    sent: usize,
+    out: OutFrames,
     pub reader: FrameReader,
     backoff: Duration,
     max_buffer: usize,
@@ -55,8 +54,7 @@ impl Link {
             secret,
             stream: None,
             state: State::Down { retry_at: Instant::now() },
-            out: Vec::new(),
-            sent: 0,
+            out: OutFrames::default(),
             reader: FrameReader::default(),
             backoff: MIN_BACKOFF,
             max_buffer,
@@ -77,27 +75,28 @@ impl Link {
 
     /// More publishes are buffered than allowed: stop reading from publishers.
     pub fn congested(&self) -> bool {
-        self.out.len() - self.sent > self.max_buffer
+        self.out.unsent() > self.max_buffer
     }
 
     pub fn unsent(&self) -> usize {
-        self.out.len() - self.sent
+        self.out.unsent()
     }
 
     /// What a successor needs to carry on this link: its socket if it is up,
-    /// the bytes not yet written and the bytes received but not yet parsed.
-    pub fn export(&self) -> (Option<&TcpStream>, Vec<u8>, Vec<u8>) {
+    /// the frames not yet written in full (and how much of the first one was),
+    /// and the bytes received but not yet parsed.
+    pub fn export(&self) -> (Option<&TcpStream>, Vec<u8>, usize, Vec<u8>) {
+        let (unsent, written) = self.out.parts();
         match (&self.stream, self.state) {
-            (Some(s), State::Up) => (Some(s), self.out[self.sent..].to_vec(), self.reader.unparsed().to_vec()),
-            // Not connected: only the buffered publishes carry over.
-            _ => (None, self.out[self.sent..].to_vec(), Vec::new()),
+            (Some(s), State::Up) => (Some(s), unsent, written, self.reader.unparsed().to_vec()),
+            // Not connected: nothing has been written since the link broke.
+            _ => (None, unsent, 0, Vec::new()),
         }
     }
 
     /// Carries on a link exported by a predecessor.
-    pub fn adopt(&mut self, reg: &Registry, stream: Option<TcpStream>, unsent: Vec<u8>, unparsed: Vec<u8>) {
-        self.out = unsent;
-        self.sent = 0;
+    pub fn adopt(&mut self, reg: &Registry, stream: Option<TcpStream>, unsent: Vec<u8>, written: usize, unparsed: Vec<u8>) {
+        self.out = OutFrames::from_parts(unsent, written);
         match stream {
             Some(mut s) => match reg.register(&mut s, TOKEN, Interest::READABLE | Interest::WRITABLE) {
                 Ok(()) => {
@@ -118,13 +117,13 @@ impl Link {
 
     /// Queues a publish; it waits in the buffer while the link is down.
     pub fn publish(&mut self, topic: &[u8], message: &[u8]) {
-        Frame::Publish { topic, message }.encode(&mut self.out);
+        self.out.push(Frame::Publish { topic, message });
     }
 
     /// Queues SUB/UNSUB. Skipped while down: `connect` subscribes afresh.
     pub fn control(&mut self, frame: Frame<'_>) {
         if self.stream.is_some() {
-            frame.encode(&mut self.out);
+            self.out.push(frame);
         }
     }
 
@@ -150,7 +149,7 @@ impl Link {
         for topic in topics {
             Frame::Sub(topic).encode(&mut head);
         }
-        self.out.splice(..0, head);
+        self.out.push_front(head);
         self.stream = Some(stream);
         self.reader = FrameReader::default();
         self.state = State::Connecting;
@@ -192,21 +191,13 @@ impl Link {
         self.was_up = true;
     }
 
-    /// Where writing must stop for now: before the first held publish.
-    fn write_end(&mut self) -> usize {
+    /// Whether publishes are still held after a reconnect.
+    fn holding(&mut self) -> bool {
         match self.hold_until {
-            Some(until) if Instant::now() < until => {
-                // `sent` is on a frame boundary: nothing was written past the
-                // head of SUBs since the reconnect.
-                let mut at = self.sent;
-                while at + 5 <= self.out.len() && self.out[at + 4] != Frame::PUBLISH_KIND {
-                    at += 4 + u32::from_be_bytes(self.out[at..at + 4].try_into().unwrap()) as usize;
-                }
-                at.min(self.out.len())
-            }
+            Some(until) if Instant::now() < until => true,
             _ => {
                 self.hold_until = None;
-                self.out.len()
+                false
             }
         }
     }
@@ -215,27 +206,14 @@ impl Link {
         if self.state != State::Up {
             return;
         }
-        let end = self.write_end();
+        let hold = self.holding();
         let Some(stream) = &mut self.stream else { return };
-        while self.sent < end {
-            match stream.write(&self.out[self.sent..end]) {
-                Ok(0) => return self.down(reg, "connection closed"),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.down(reg, &format!("write failed: {e}")),
-            }
+        match self.out.write_to(stream, hold) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WriteZero => return self.down(reg, "connection closed"),
+            Err(e) => return self.down(reg, &format!("write failed: {e}")),
         }
-        if self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-            if self.out.capacity() > 4 * self.max_buffer.min(1 << 20) {
-                self.out = Vec::new();
-            }
-        } else if self.sent > self.out.len() / 2 {
-            self.out.drain(..self.sent);
-            self.sent = 0;
-        }
+        self.out.shrink(4 * self.max_buffer.min(1 << 20));
     }
 
     /// Drops the connection and schedules a reconnect. Publishes not yet
@@ -254,21 +232,7 @@ impl Link {
     }
 
     fn keep_unsent_publishes(&mut self) {
-        let mut kept = Vec::with_capacity(self.out.len() - self.sent);
-        let mut at = 0;
-        while at + 5 <= self.out.len() {
-            let len = u32::from_be_bytes(self.out[at..at + 4].try_into().unwrap()) as usize;
-            let end = at + 4 + len;
-            let is_publish = self.out[at + 4] == Frame::PUBLISH_KIND;
-            if at >= self.sent && is_publish {
-                kept.extend_from_slice(&self.out[at..end]);
-            } else if at < self.sent && self.sent < end && is_publish {
-                self.lost += 1;
-            }
-            at = end;
-        }
-        self.out = kept;
-        self.sent = 0;
+        self.lost += self.out.keep_unstarted_publishes();
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -279,3 +243,4 @@ impl Link {
         }
     }
 }
+

@@ -5,6 +5,7 @@ pub mod client;
 pub mod event_loop;
 pub mod handoff;
 pub mod link;
+mod out_frames;
 pub mod pubsub;
 pub mod send_queue;
 pub mod topics;

@@ -541,10 +541,10 @@ impl Service for PubSub {
         for (_, c) in &self.clients.slab {
             to.send(&Msg::Client(Self::export_client(c)), Some(c.stream.as_fd()))?;
         }
-        let (stream, unsent, unparsed) = self.link.export();
+        let (stream, unsent, written, unparsed) = self.link.export();
         let slab = &self.clients.slab;
         let topics = self.topics.export(|key| slab[key].id);
-        let link = LinkState { unsent, unparsed, topics, lost: self.link.lost };
+        let link = LinkState { unsent, written, unparsed, topics, lost: self.link.lost };
         to.send(&Msg::Link(link), stream.map(|s| s.as_fd()))?;
         Ok(true)
     }
@@ -565,7 +565,7 @@ impl Service for PubSub {
                 }
                 self.link.lost = l.lost;
                 let stream = fd.map(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
-                self.link.adopt(reg, stream, l.unsent, l.unparsed);
+                self.link.adopt(reg, stream, l.unsent, l.written, l.unparsed);
                 for (key, c) in self.clients.slab.iter_mut() {
                     reg.register(&mut c.stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
                     mark_dirty(&mut self.clients.dirty, c, key);
