@@ -110,19 +110,29 @@ fn publishes_while_channel_is_down_are_delivered_after_it_returns() {
     sub.subscribe(&["topic1"]);
     let source = &c.source;
     c.channel.restart(|| {
-        source.wait_status("link down", |s| s["workers"][0]["link"] != "up");
-        let mut p = source.connect();
-        for i in 0..100 {
-            p.send(&format!("publish buffered {i}"));
-        }
-        p.barrier();
+        publish_while_down(source);
         let s = source.status();
         assert!(s["workers"][0]["bytes_queued"].as_u64().unwrap() > 0, "buffered while down: {s}");
     });
+    expect_buffered(&mut sub);
+    c.stop();
+}
+
+/// Waits until the data source's link is down, then publishes 100 messages
+/// that its worker can only buffer.
+fn publish_while_down(source: &Server) {
+    source.wait_status("link down", |s| s["workers"][0]["link"] != "up");
+    let mut p = source.connect();
+    for i in 0..100 {
+        p.send(&format!("publish buffered {i}"));
+    }
+    p.barrier();
+}
+
+fn expect_buffered(sub: &mut Client) {
     for i in 0..100 {
         sub.expect(&format!("Received [topic1]: buffered {i}"));
     }
-    c.stop();
 }
 
 /// The same for a subscriber on another server whose worker reconnects only
@@ -136,20 +146,13 @@ fn buffered_publishes_wait_for_a_worker_that_reconnects_later() {
     let late = Pid::from_raw(c.subscriber.worker_pids()[0]);
     let source = &c.source;
     c.channel.restart(|| {
-        source.wait_status("link down", |s| s["workers"][0]["link"] != "up");
-        let mut p = source.connect();
-        for i in 0..100 {
-            p.send(&format!("publish buffered {i}"));
-        }
-        p.barrier();
+        publish_while_down(source);
         // Frozen, the subscriber's worker cannot reconnect before the publisher's.
         kill(late, Signal::SIGSTOP).unwrap();
     });
     c.source.wait_linked();
     kill(late, Signal::SIGCONT).unwrap();
-    for i in 0..100 {
-        sub.expect(&format!("Received [topic1]: buffered {i}"));
-    }
+    expect_buffered(&mut sub);
     c.stop();
 }
 

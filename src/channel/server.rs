@@ -14,7 +14,7 @@ use slab::Slab;
 use crate::config::{ChannelConfig, MAX_SUBSCRIPTIONS};
 use crate::process::control::{ConnInfo, WorkerStats};
 use crate::protocol::command::check_topic;
-use crate::protocol::frame::{Frame, FrameReader, VERSION};
+use crate::protocol::frame::{encoded_len, Frame, FrameReader, VERSION};
 use crate::worker::event_loop::Service;
 
 const READS_PER_EVENT: usize = 16;
@@ -174,7 +174,7 @@ impl ChannelServer {
         let p = &mut self.peers.slab[key];
         let at = frame_boundary(&p.out, p.sent);
         let keep = match at < p.sent {
-            true => at + 4 + u32::from_be_bytes(p.out[at..at + 4].try_into().unwrap()) as usize,
+            true => at + encoded_len(&p.out[at..]),
             false => p.sent,
         };
         self.dropped += count_publishes(&p.out[keep..]);
@@ -507,7 +507,7 @@ impl Service for ChannelServer {
 fn frame_boundary(buf: &[u8], at: usize) -> usize {
     let mut pos = 0;
     while pos + 4 <= buf.len() {
-        let end = pos + 4 + u32::from_be_bytes(buf[pos..pos + 4].try_into().unwrap()) as usize;
+        let end = pos + encoded_len(&buf[pos..]);
         if end > at {
             return pos;
         }
@@ -520,8 +520,7 @@ fn frame_boundary(buf: &[u8], at: usize) -> usize {
 fn count_frames(mut buf: &[u8]) -> u64 {
     let mut n = 0;
     while buf.len() >= 4 {
-        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
-        buf = &buf[(4 + len).min(buf.len())..];
+        buf = &buf[encoded_len(buf).min(buf.len())..];
         n += 1;
     }
     n
@@ -531,9 +530,8 @@ fn count_frames(mut buf: &[u8]) -> u64 {
 fn count_publishes(mut buf: &[u8]) -> u64 {
     let mut n = 0;
     while buf.len() >= 5 {
-        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
         n += u64::from(buf[4] == Frame::PUBLISH_KIND);
-        buf = &buf[(4 + len).min(buf.len())..];
+        buf = &buf[encoded_len(buf).min(buf.len())..];
     }
     n
 }

@@ -80,6 +80,12 @@ impl Frame<'_> {
     }
 }
 
+/// The length of the encoded frame that `buf` starts with, prefix included
+/// (`buf` holds at least the prefix).
+pub fn encoded_len(buf: &[u8]) -> usize {
+    LEN + u32::from_be_bytes(buf[..LEN].try_into().unwrap()) as usize
+}
+
 fn put(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
     let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
     out.extend_from_slice(&(len as u32).to_be_bytes());

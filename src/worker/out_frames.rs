@@ -8,7 +8,7 @@
 
 use std::io::{self, Write};
 
-use crate::protocol::frame::Frame;
+use crate::protocol::frame::{encoded_len as frame_len, Frame};
 
 #[derive(Debug, Default)]
 pub struct OutFrames {
@@ -17,11 +17,6 @@ pub struct OutFrames {
     sent: usize,
     /// Where the frame holding `sent` starts; frames before it went out whole.
     frame_at: usize,
-}
-
-/// The length of the whole frame that `buf` starts with (length prefix included).
-fn frame_len(buf: &[u8]) -> usize {
-    4 + u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize
 }
 
 impl OutFrames {
