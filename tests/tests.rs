@@ -1,6 +1,7 @@
 //! Integration tests: the real binaries, started as separate processes on
 //! ephemeral loopback ports, driven over TCP as telnet would.
 
+mod attacks;
 mod bench;
 mod channel;
 mod errors;
