@@ -49,7 +49,6 @@ fn with_fd_limit(dir: &std::path::Path, name: &str, limit: u32) -> std::path::Pa
 /// `IAC SB` with no `IAC SE` in the same line is data, not the start of a
 /// subnegotiation that swallows every following line.
 #[test]
-#[ignore = "issue 14 defect 5: telnet stripping: fails until its fix lands"]
 fn an_unfinished_subnegotiation_swallows_nothing() {
     let c = Cluster::start(1, 1);
     let mut sub = c.subscriber.connect();
@@ -72,7 +71,6 @@ fn an_unfinished_subnegotiation_swallows_nothing() {
 /// 0xFF followed by a byte that is not a telnet command is data; `IAC IAC` is
 /// one 0xFF; real negotiation is still removed.
 #[test]
-#[ignore = "issue 14 defect 5: telnet stripping: fails until its fix lands"]
 fn bytes_that_are_not_telnet_commands_are_delivered() {
     let c = Cluster::start(1, 1);
     let mut sub = c.subscriber.connect();
@@ -88,7 +86,6 @@ fn bytes_that_are_not_telnet_commands_are_delivered() {
 
 /// 20 MB of random bytes, then `ping`: the connection is still usable.
 #[test]
-#[ignore = "issue 14 defect 5: telnet stripping: fails until its fix lands"]
 fn ping_answers_after_twenty_megabytes_of_random_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let ch = Server::start("channel-server", dir.path(), &[]);

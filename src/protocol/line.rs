@@ -3,9 +3,10 @@
 //! Input arrives in arbitrary pieces. Lines that fit in one read are handed out
 //! as slices of the read buffer (no copy); only the unfinished tail of a read is
 //! kept per connection, and never more than the limit, so a client that sends
-//! half a line and waits costs at most `max` bytes.
+//! half a line and waits costs at most `max` bytes. Telnet commands are removed
+//! from each whole line (see `telnet`); the limit counts the bytes as sent.
 
-use super::telnet::Telnet;
+use super::telnet;
 
 /// One item of input.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,7 +20,6 @@ pub enum Line<'a> {
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LineReader {
     partial: Vec<u8>,
-    telnet: Telnet,
     discarding: bool,
 }
 
@@ -29,14 +29,13 @@ impl LineReader {
         self.partial.len()
     }
 
-    /// Feeds one read (`buf` is modified: telnet bytes are removed in place)
-    /// and calls `on_line` for every line it completes, in order.
+    /// Feeds one read (`buf` is modified: telnet commands are removed in
+    /// place) and calls `on_line` for every line it completes, in order.
     pub fn feed(&mut self, buf: &mut [u8], max: usize, mut on_line: impl FnMut(Line<'_>)) {
-        let n = self.telnet.strip(buf);
-        let mut input = &buf[..n];
+        let mut input = buf;
         while let Some(i) = memchr::memchr(b'\n', input) {
-            let (seg, rest) = (&input[..i], &input[i + 1..]);
-            input = rest;
+            let (seg, rest) = std::mem::take(&mut input).split_at_mut(i);
+            input = &mut rest[1..];
             if std::mem::take(&mut self.discarding) {
                 continue; // the end of an over-long line, already reported
             }
@@ -46,8 +45,10 @@ impl LineReader {
                 self.release();
                 on_line(Line::TooLong);
             } else {
-                self.partial.extend_from_slice(seg);
-                on_line(check(&self.partial, max));
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(seg);
+                on_line(check(&mut line, max));
+                self.partial = line;
                 self.release();
             }
         }
@@ -75,13 +76,16 @@ impl LineReader {
     }
 }
 
-fn check(line: &[u8], max: usize) -> Line<'_> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+fn check(line: &mut [u8], max: usize) -> Line<'_> {
+    let line = match line {
+        [rest @ .., b'\r'] => rest,
+        all => all,
+    };
     if line.len() > max {
-        Line::TooLong
-    } else {
-        Line::Text(line)
+        return Line::TooLong;
     }
+    let n = telnet::strip(line);
+    Line::Text(&line[..n])
 }
 
 #[cfg(test)]
@@ -144,7 +148,7 @@ mod tests {
 
     proptest! {
         // Any bytes, cut anywhere: never panics, never holds more than the limit,
-        // and every line without telnet bytes comes out exactly as sent.
+        // and every line without 0xFF bytes comes out exactly as sent.
         #[test]
         fn arbitrary_bytes_split_anywhere(data in proptest::collection::vec(any::<u8>(), 0..600),
                                           cuts in proptest::collection::vec(any::<usize>(), 0..8),

@@ -79,7 +79,7 @@ pub enum Msg {
 /// silently. A successor that reads another version refuses the handoff, so
 /// the reload fails and the old worker keeps serving. (Builds before this
 /// byte existed sent their `fds` byte, 0 or 1, in its place.)
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const HEAD: usize = 6;
 
 /// How long the old worker waits for its successor to take everything.
