@@ -116,7 +116,6 @@ fn ping_answers_after_twenty_megabytes_of_random_bytes() {
 
 /// Naming one topic many times in a `subscribe` is one subscription.
 #[test]
-#[ignore = "issue 14 minor: duplicate topics counted: fails until its fix lands"]
 fn a_topic_named_many_times_is_one_subscription() {
     let c = Cluster::start(1, 1);
     let mut sub = c.subscriber.connect();

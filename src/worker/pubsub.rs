@@ -2,7 +2,7 @@
 //! clients type, forwards publishes to the channel server over the worker's one
 //! link, and fans what the channel server sends out to local subscribers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::net::SocketAddr;
@@ -344,8 +344,9 @@ impl PubSub {
     fn subscribe<'a>(&mut self, key: usize, names: impl Iterator<Item = &'a [u8]> + Clone) {
         let c = &self.clients.slab[key];
         let has = |name: &[u8]| c.topics.iter().any(|id| *self.topics.get(*id).name == *name);
-        let new = names.clone().filter(|n| !has(n)).count();
-        if c.topics.len() + new > MAX_SUBSCRIPTIONS {
+        // A topic named twice is one subscription.
+        let new: HashSet<&[u8]> = names.clone().filter(|n| !has(n)).collect();
+        if c.topics.len() + new.len() > MAX_SUBSCRIPTIONS {
             let msg = format!("too many subscriptions (max {MAX_SUBSCRIPTIONS} per connection)");
             return self.clients.error(key, &msg);
         }
