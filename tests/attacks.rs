@@ -133,7 +133,6 @@ fn a_topic_named_many_times_is_one_subscription() {
 /// A worker stopped past the query timeout answers late; that late answer must
 /// not be taken for the answer to the next query.
 #[test]
-#[ignore = "issue 14 defect 6: control query ids: fails until its fix lands"]
 fn a_late_answer_is_never_printed_for_a_later_query() {
     let dir = tempfile::tempdir().unwrap();
     let ch = Server::start("channel-server", dir.path(), &[]);

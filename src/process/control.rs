@@ -33,12 +33,14 @@ pub enum Reply {
     Error(String),
 }
 
-/// From the master to a worker.
+/// From the master to a worker. A query carries an id that its answer
+/// repeats: a worker that answers after the master gave up on it (stopped,
+/// overloaded) must not have that late answer taken for the next query's.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ToWorker {
-    Stats,
-    Connections,
+    Stats { query: u64 },
+    Connections { query: u64 },
     /// Stop accepting, deliver what is queued, close, exit.
     Drain,
     /// Hand every connection to the successor, then exit.
@@ -51,8 +53,8 @@ pub enum ToWorker {
 pub enum FromWorker {
     /// Listening and serving.
     Ready,
-    Stats(WorkerStats),
-    Connections(Vec<ConnInfo>),
+    Stats { query: u64, stats: WorkerStats },
+    Connections { query: u64, conns: Vec<ConnInfo> },
 }
 
 /// What a worker counts about itself.

@@ -212,13 +212,15 @@ impl Loop {
         let (msgs, closed) = self.master.receive::<ToWorker>()?;
         for msg in msgs {
             match msg {
-                ToWorker::Stats => {
-                    let mut s = svc.stats();
-                    s.state = if self.draining { "draining" } else { "running" }.into();
-                    s.version = self.version.clone();
-                    self.master.send(&FromWorker::Stats(s))?;
+                ToWorker::Stats { query } => {
+                    let mut stats = svc.stats();
+                    stats.state = if self.draining { "draining" } else { "running" }.into();
+                    stats.version = self.version.clone();
+                    self.master.send(&FromWorker::Stats { query, stats })?;
                 }
-                ToWorker::Connections => self.master.send(&FromWorker::Connections(svc.list()))?,
+                ToWorker::Connections { query } => {
+                    self.master.send(&FromWorker::Connections { query, conns: svc.list() })?
+                }
                 ToWorker::Drain => self.drain(svc)?,
                 ToWorker::HandOff => {
                     if self.hand_off(svc)? {

@@ -21,12 +21,25 @@ pub(super) struct Client {
 
 /// A status or connections request in flight: one at a time.
 pub(super) struct Query {
+    id: u64,
     client: usize,
     req: Request,
     pub(super) waiting: Vec<Pid>,
     pub(super) stats: Vec<(Pid, WorkerStats)>,
     pub(super) conns: Vec<ConnInfo>,
     pub(super) deadline: Instant,
+}
+
+impl Query {
+    /// The query, if `pid`'s answer `id` is to this query (not a late one to
+    /// an earlier query); `pid` is then no longer waited for.
+    pub(super) fn answered_by(&mut self, id: u64, pid: Pid) -> Option<&mut Query> {
+        if id != self.id || !self.waiting.contains(&pid) {
+            return None;
+        }
+        self.waiting.retain(|p| *p != pid);
+        Some(self)
+    }
 }
 
 impl Master {
@@ -82,9 +95,11 @@ impl Master {
             return;
         }
         let Some((client, req)) = self.queued.pop_front() else { return };
+        self.query_id += 1;
+        let id = self.query_id;
         let msg = match req {
-            Request::Connections => ToWorker::Connections,
-            _ => ToWorker::Stats,
+            Request::Connections => ToWorker::Connections { query: id },
+            _ => ToWorker::Stats { query: id },
         };
         let mut waiting = Vec::new();
         for (_, w) in self.workers.iter_mut().filter(|(_, w)| w.ready) {
@@ -93,7 +108,7 @@ impl Master {
             }
         }
         let deadline = Instant::now() + QUERY_TIMEOUT;
-        self.query = Some(Query { client, req, waiting, stats: Vec::new(), conns: Vec::new(), deadline });
+        self.query = Some(Query { id, client, req, waiting, stats: Vec::new(), conns: Vec::new(), deadline });
         self.finish_query_if_done();
     }
 

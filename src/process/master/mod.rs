@@ -95,6 +95,8 @@ pub struct Master {
     clients: Slab<Client>,
     mode: Mode,
     query: Option<Query>,
+    /// The id of the latest query sent to the workers.
+    query_id: u64,
     queued: VecDeque<(usize, Request)>,
     /// Daemon start: written once every worker is ready, then dropped.
     ready_pipe: Option<OwnedFd>,
@@ -137,6 +139,7 @@ impl Master {
             clients: Slab::new(),
             mode: Mode::Starting { deadline: Instant::now() + READY_TIMEOUT },
             query: None,
+            query_id: 0,
             queued: VecDeque::new(),
             ready_pipe,
             started: Instant::now(),
@@ -243,16 +246,14 @@ impl Master {
         for msg in msgs {
             match msg {
                 FromWorker::Ready => self.on_ready(key),
-                FromWorker::Stats(s) => {
-                    if let Some(q) = self.query.as_mut().filter(|q| q.waiting.contains(&pid)) {
-                        q.waiting.retain(|p| *p != pid);
-                        q.stats.push((pid, s));
+                FromWorker::Stats { query, stats } => {
+                    if let Some(q) = self.query.as_mut().and_then(|q| q.answered_by(query, pid)) {
+                        q.stats.push((pid, stats));
                     }
                 }
-                FromWorker::Connections(c) => {
-                    if let Some(q) = self.query.as_mut().filter(|q| q.waiting.contains(&pid)) {
-                        q.waiting.retain(|p| *p != pid);
-                        q.conns.extend(c);
+                FromWorker::Connections { query, conns } => {
+                    if let Some(q) = self.query.as_mut().and_then(|q| q.answered_by(query, pid)) {
+                        q.conns.extend(conns);
                     }
                 }
             }
