@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the release binaries and starts (or stops) the three servers as
 # daemons with their default ports: channel server 2206 (loopback), data
-# source 2345, subscriber 2346. Pid and log files go to ${TMPDIR:-/tmp}.
+# source 2345, subscriber 2346. Pid and log files go to their default places (see
+# README: /run/fanout and /var/log/fanout as root).
 #
 #   scripts/run.sh          # build and start
 #   scripts/run.sh stop     # stop all three

@@ -154,7 +154,7 @@ fn stop(spec: &Spec, stop: &Stop) -> Result<ExitCode, String> {
     let req = Request::Stop { graceful: stop.graceful, timeout_secs: stop.timeout };
     // The master kills what is left at the timeout; allow it time to do so.
     let wait = Duration::from_secs(stop.timeout + 15);
-    match control::call(&pid_file, &req, wait) {
+    match call(&pid_file, &req, wait) {
         Ok(Reply::Stopping) => {}
         Ok(other) => return Err(format!("unexpected reply: {other:?}")),
         Err(e) => return Err(format!("cannot reach the master ({e}); is it hung? try `kill -9` on the pid in {}", pid_file.display())),
@@ -247,7 +247,33 @@ fn ask(spec: &Spec, pid_file: &std::path::Path, req: &Request, timeout: Duration
     if !pidfile::is_locked(pid_file) {
         return Err(format!("not running (no live master holds {}); start it with `{} start`", pid_file.display(), spec.name));
     }
-    control::call(pid_file, req, timeout).map_err(|e| format!("cannot reach the master: {e}"))
+    call(pid_file, req, timeout).map_err(|e| format!("cannot reach the master: {e}"))
+}
+
+/// Sends a request to the master of a locked pid file. If its control socket
+/// is gone (a tmp cleaner, a person), the master is asked to bind it again
+/// (SIGUSR2 to the pid in the pid file) and the request is sent once more.
+fn call(pid_file: &std::path::Path, req: &Request, timeout: Duration) -> std::io::Result<Reply> {
+    use std::io::ErrorKind::{ConnectionRefused, NotFound};
+    match control::call(pid_file, req, timeout) {
+        Err(e) if matches!(e.kind(), NotFound | ConnectionRefused) => {
+            let pid = pidfile::read_pid(pid_file)?.ok_or(e)?;
+            log::warn!("the control socket is gone; asking the master (pid {pid}) to bind it again");
+            let sock = control::socket_path(pid_file);
+            let before = std::fs::metadata(&sock).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            let master = nix::unistd::Pid::from_raw(pid as i32);
+            nix::sys::signal::kill(master, nix::sys::signal::SIGUSR2)?;
+            // Nothing to wait on for a file to appear but the file.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::fs::metadata(&sock).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m)) == before
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            control::call(pid_file, req, timeout)
+        }
+        other => other,
+    }
 }
 
 fn print_status(s: &Status) {

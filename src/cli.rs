@@ -48,7 +48,8 @@ pub struct Start<E: Args> {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub target: Target,
-    /// Log file, written when running as a daemon [default: $TMPDIR/<name>.log]
+    /// Log file, written when running as a daemon [default: /var/log/fanout/<name>.log as root,
+    /// else $XDG_STATE_HOME/fanout/<name>.log (~/.local/state/fanout)]
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
     /// Run as a daemon: return once the server is accepting connections
@@ -63,7 +64,8 @@ pub struct Start<E: Args> {
 
 #[derive(Debug, Args)]
 pub struct Target {
-    /// Pid file of the instance [default: $TMPDIR/<name>.pid]
+    /// Pid file of the instance; its control socket is beside it [default: /run/fanout/<name>.pid
+    /// as root, else $XDG_RUNTIME_DIR/fanout/<name>.pid, else $TMPDIR/<name>.pid]
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 }
@@ -201,7 +203,7 @@ pub fn command<E: Args>(spec: &Spec) -> clap::Command {
 
 impl Target {
     pub fn pid_file(&self, spec: &Spec) -> PathBuf {
-        absolute(self.pid_file.as_ref()).unwrap_or_else(|| std::env::temp_dir().join(format!("{}.pid", spec.name)))
+        absolute(self.pid_file.as_ref()).unwrap_or_else(|| runtime_dir().join(format!("{}.pid", spec.name)))
     }
 }
 
@@ -214,12 +216,34 @@ impl<E: RoleArgs> Start<E> {
             listen: self.listen,
             count: self.role.count()?,
             pid_file: self.target.pid_file(spec),
-            log_file: absolute(self.log_file.as_ref())
-                .unwrap_or_else(|| std::env::temp_dir().join(format!("{}.log", spec.name))),
+            log_file: absolute(self.log_file.as_ref()).unwrap_or_else(|| log_dir().join(format!("{}.log", spec.name))),
             max_connections: self.max_connections.max(1),
             role: self.role.role()?,
         })
     }
+}
+
+/// Where pid files and control sockets go by default: a runtime directory,
+/// which tmp cleaners leave alone (they empty $TMPDIR of files not touched for
+/// days, a running server's socket included).
+fn runtime_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/fanout");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("fanout"),
+        None => std::env::temp_dir(),
+    }
+}
+
+/// Where log files go by default: kept across reboots, unlike the runtime directory.
+fn log_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/log/fanout");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()).map(PathBuf::from);
+    let home = std::env::var_os("HOME").filter(|d| !d.is_empty()).map(|h| PathBuf::from(h).join(".local/state"));
+    state.or(home).map(|d| d.join("fanout")).unwrap_or_else(std::env::temp_dir)
 }
 
 /// A daemon changes its directory to `/`, so paths are made absolute first.

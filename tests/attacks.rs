@@ -173,7 +173,6 @@ fn a_late_answer_is_never_printed_for_a_later_query() {
 // ---- 7. a deleted control socket ---------------------------------------------
 
 #[test]
-#[ignore = "issue 14 defect 7: control socket: fails until its fix lands"]
 fn a_deleted_control_socket_is_recreated() {
     let dir = tempfile::tempdir().unwrap();
     let ch = Server::start("channel-server", dir.path(), &[]);

@@ -23,6 +23,9 @@ pub struct DaemonEnv {
 /// Parent side: starts the detached master and waits for its verdict: the
 /// master's pid and the address it listens on.
 pub fn spawn(cfg: &Config) -> Result<(u32, String), String> {
+    if let Some(dir) = cfg.log_file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
     let log = OpenOptions::new()
         .create(true)
         .append(true)

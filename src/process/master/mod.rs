@@ -114,10 +114,7 @@ impl Master {
         let signals = signals::open().map_err(|e| format!("cannot set up signals: {e}"))?;
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let control_path = control::socket_path(&cfg.pid_file);
-        // The pid file lock proves no live master owns this path.
-        let _ = std::fs::remove_file(&control_path);
-        let mut control = UnixListener::bind(&control_path)
-            .map_err(|e| format!("cannot bind control socket {}: {e}", control_path.display()))?;
+        let mut control = bind_control(&control_path)?;
         // Workers inherit the listening socket across exec.
         set_cloexec(&listener, false).map_err(|e| format!("cannot share listener: {e}"))?;
         poll.registry()
@@ -401,8 +398,26 @@ impl Master {
                 Signal::SIGTERM | Signal::SIGINT => self.start_stop(false, KILL_TIMEOUT),
                 Signal::SIGQUIT => self.start_stop(true, Duration::from_secs(30)),
                 Signal::SIGHUP | Signal::SIGUSR1 => self.start_reload(None),
+                Signal::SIGUSR2 => self.rebind_control(),
                 _ => {} // SIGCHLD: reaped after every turn
             }
+        }
+    }
+
+    /// Binds the control socket afresh: the CLI asks for it (SIGUSR2) when
+    /// it finds the socket gone, deleted by a tmp cleaner or by hand.
+    fn rebind_control(&mut self) {
+        self.accept_clients(); // those that reached the old one
+        match bind_control(&self.control_path) {
+            Ok(mut control) => {
+                if let Err(e) = self.poll.registry().register(&mut control, CONTROL, Interest::READABLE) {
+                    return error!("cannot register the control socket: {e}");
+                }
+                let mut old = std::mem::replace(&mut self.control, control);
+                let _ = self.poll.registry().deregister(&mut old);
+                info!("control socket {} bound again", self.control_path.display());
+            }
+            Err(e) => error!("{e}"),
         }
     }
 
@@ -488,6 +503,13 @@ impl Drop for Master {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.control_path);
     }
+}
+
+/// Binds the control socket at `path`, replacing whatever is there: the pid
+/// file lock proves that no other live master owns this path.
+fn bind_control(path: &std::path::Path) -> Result<UnixListener, String> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))
 }
 
 fn set_cloexec(fd: &impl AsFd, on: bool) -> io::Result<()> {
