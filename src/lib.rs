@@ -14,4 +14,5 @@ pub mod cli;
 pub mod config;
 pub mod process;
 pub mod protocol;
+pub mod store;
 pub mod worker;
