@@ -65,23 +65,25 @@
 //! Retention already bounds what is kept, and the disk log exists for
 //! durability, not capacity: so message bodies stay in memory and the log
 //! is only written, and read once at open. A replay is then a walk over a
-//! `VecDeque` (over 300 M messages/s below, two orders of magnitude above
-//! appending) where `pread` would add a system call and a copy per read
+//! `VecDeque` (over 200 M messages/s below, 30 times the append rate) where `pread` would add a system call and a copy per read
 //! batch, and a page-cache miss per cold segment: slower than live
 //! delivery, which issue 10 forbids.
 //!
 //! # Costs, measured
 //!
-//! `cargo run --release --example store_bench` (64-byte payloads; release
-//! build on the shared 2-core box at load average 12, so the rates are low
-//! bounds; /work/notes/issue-10-store.md has the runs):
+//! `cargo run --release --example store_bench` (64-byte payloads, one
+//! topic unless said; rates per CPU second of the process, since this
+//! shared 2-core box ran at load average 12, wall-clock rates 3-4x lower;
+//! /work/notes/issue-10-store.md has the whole output):
 //!
 //! - memory: 106 bytes per retained message of 64 B (the payload, a 40-byte
-//!   entry, chunk slack and run bookkeeping);
-//! - appends: 1.7 M/s in memory, 1.8 M/s with a data directory under
-//!   `--fsync never` or `interval` (commit every 1000 appends);
-//! - reading 1 M retained messages in batches of 1000: 340 M/s;
-//! - reopening a log of 1.1 M records (scan, CRC, rebuild): 1.8 M/s.
+//!   entry, chunk slack and run bookkeeping); 420 bytes per topic holding
+//!   one such message (so 100 000 topics cost about 42 MB);
+//! - appends: 6.7 M/s in memory; 4.8 M/s with a data directory under
+//!   `--fsync never` and 5.8 M/s under `interval` (a commit every 1000
+//!   appends); under `always`, one `fdatasync` per commit (4 ms here);
+//! - reading 1 M retained messages in batches of 1000: 217 M/s;
+//! - reopening a log of 1.1 M records (scan, CRC, rebuild): 4.1 M/s.
 
 mod disk;
 mod queue;

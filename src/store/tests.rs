@@ -318,6 +318,47 @@ fn a_cut_in_an_older_segment_drops_the_later_ones() {
 }
 
 #[test]
+fn a_segment_created_but_never_written_is_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = write_log(dir.path(), 2);
+    let next = dir.path().join(format!("{:020}.log", 2));
+    assert!(last.ends_with(format!("{:020}.log", 1)));
+    fs::write(&next, &SEGMENT_HEADER[..5]).unwrap(); // the crash came mid-header
+    let mut s = Store::open(dir.path(), config(), 0).unwrap();
+    assert_eq!(s.info(b"t").last, 2);
+    assert_eq!(s.recovery().cut_bytes, 5);
+    assert!(!next.exists());
+    s.append(b"t", b"3", 0);
+    s.commit(0).unwrap();
+    assert_eq!(reopen(s, dir.path()).info(b"t").last, 3);
+}
+
+#[test]
+fn always_syncs_across_segment_rollover() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { fsync: Fsync::Always, ..small(100) };
+    let mut s = Store::open(dir.path(), config, 0).unwrap();
+    for round in 0..3u32 {
+        for i in 0..4u32 {
+            s.append(b"t", &(round * 4 + i).to_le_bytes(), 0);
+        }
+        s.commit(0).unwrap();
+    }
+    assert!(segments(dir.path()).len() >= 3);
+    let s = reopen(s, dir.path());
+    assert_eq!(contents(&s, b"t").len(), 12);
+}
+
+#[test]
+fn readers_share_the_stored_bodies() {
+    let mut s = Store::in_memory(config());
+    s.append(b"t", b"shared body", 0);
+    let a = s.read(b"t", 1, 1, 100).next().unwrap().body.clone();
+    let b = s.history(b"t", 1).next().unwrap().body.clone();
+    assert_eq!(a.as_ptr(), b.as_ptr(), "no copy per reader");
+}
+
+#[test]
 fn queue_records_rebuild_the_pending_jobs_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), config(), 0).unwrap();
