@@ -65,9 +65,10 @@
 //! Retention already bounds what is kept, and the disk log exists for
 //! durability, not capacity: so message bodies stay in memory and the log
 //! is only written, and read once at open. A replay is then a walk over a
-//! `VecDeque` (over 200 M messages/s below, 30 times the append rate) where `pread` would add a system call and a copy per read
-//! batch, and a page-cache miss per cold segment: slower than live
-//! delivery, which issue 10 forbids.
+//! `VecDeque` (over 200 M messages/s below, 30 times the append rate)
+//! where `pread` would add a system call and a copy per read batch, and a
+//! page-cache miss per cold segment: slower than live delivery, which
+//! issue 10 forbids.
 //!
 //! # Costs, measured
 //!
