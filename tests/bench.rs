@@ -5,6 +5,7 @@ use std::process::Command;
 
 #[test]
 fn benchmark_smoke_run_delivers_everything() {
+    let _slot = crate::support::slot(); // bench.sh starts servers of its own
     let bins = Path::new(env!("CARGO_BIN_EXE_fanout-bench")).parent().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench.sh");

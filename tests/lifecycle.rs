@@ -2,7 +2,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,24 +41,32 @@ fn reload_replaces_workers_and_refuses_no_connection() {
     let c = Cluster::start(2, 2);
     let before = c.source.worker_pids();
     let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
     let addr = c.source.addr.clone();
-    let flag = stop.clone();
+    let (flag, count) = (stop.clone(), served.clone());
     // A stream of new connections during the reload: every one must be served.
     let prober = std::thread::spawn(move || {
-        let mut served = 0;
         while !flag.load(Ordering::Relaxed) {
             let mut cl = Client::connect(&addr);
             cl.barrier();
-            served += 1;
+            count.fetch_add(1, Ordering::SeqCst);
         }
-        served
     });
+    let served_at = |what: &str, n: usize| {
+        let deadline = Instant::now() + WAIT;
+        while served.load(Ordering::SeqCst) < n {
+            assert!(!prober.is_finished(), "the prober failed {what}");
+            assert!(Instant::now() < deadline, "no connection served {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    served_at("before the reload", 1);
     let out = c.source.cmd("reload", &[]);
     assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
-    std::thread::sleep(Duration::from_millis(100));
+    // A few more by the new workers, then stop.
+    served_at("after the reload", served.load(Ordering::SeqCst) + 5);
     stop.store(true, Ordering::Relaxed);
-    let served = prober.join().expect("no connection refused or unanswered");
-    assert!(served > 0);
+    prober.join().expect("no connection refused or unanswered");
     let after = c.source.worker_pids();
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|p| !before.contains(p)), "old workers {before:?} still there: {after:?}");
@@ -163,13 +171,14 @@ fn graceful_stop_delivers_and_leaves_nothing() {
     sub.subscribe(&["topic1"]);
     c.source.connect().send("publish last words");
     sub.expect("Received [topic1]: last words");
-    let started = Instant::now();
     let Cluster { dir: _dir, channel, source, subscriber } = c;
+    let log = subscriber.log_file.clone();
     subscriber.stop(&["-g", "--timeout", "10"]);
     assert!(sub.closed(), "graceful stop closes client connections");
     source.stop(&["-g"]);
     channel.stop(&["-g"]);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(!log.contains("killing them"), "the subscriber server needed its timeout to stop:\n{log}");
 }
 
 #[test]
@@ -208,6 +217,7 @@ fn start_errors_are_reported_with_exit_code() {
 fn foreground_master_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("fg.pid");
+    let _slot = slot();
     let mut child = Command::new(bin("channel-server"))
         .args(["start", "--listen", "127.0.0.1:0", "--pid-file", pid_file.to_str().unwrap()])
         .stderr(Stdio::piped())

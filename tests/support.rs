@@ -1,15 +1,61 @@
 //! Starting servers, talking to them, and always stopping what was started.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
+use std::marker::PhantomData;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// How long any single wait in a test may take.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long any single wait in a test may take. Only a failing test waits
+/// this long, so it is generous: a shared, busy CI machine can stall a
+/// process for seconds.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// How many tests may run servers at once, whatever `--test-threads` is: each
+/// cluster runs several processes that poll, flood and fork, and more of them
+/// than cores only make every test slower and its timing less predictable.
+const SERVER_SLOTS: usize = 2;
+
+static SLOTS_IN_USE: Mutex<usize> = Mutex::new(0);
+static SLOT_FREED: Condvar = Condvar::new();
+
+thread_local! {
+    /// Slots held by this thread (a test runs on one thread): only the first
+    /// takes one of SERVER_SLOTS, so a test's servers share it.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The right to run servers, held by every `Server` and released when the
+/// test's last one is dropped. Take one with `slot()` before starting
+/// servers some other way (a script, a foreground process).
+pub struct Slot(PhantomData<*const ()>); // !Send: it counts for its thread
+
+pub fn slot() -> Slot {
+    if HELD.get() == 0 {
+        let mut in_use = SLOTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_use >= SERVER_SLOTS {
+            in_use = SLOT_FREED.wait(in_use).unwrap_or_else(|e| e.into_inner());
+        }
+        *in_use += 1;
+    }
+    HELD.set(HELD.get() + 1);
+    Slot(PhantomData)
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        HELD.set(HELD.get() - 1);
+        if HELD.get() == 0 {
+            *SLOTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            SLOT_FREED.notify_one();
+        }
+    }
+}
 
 pub fn bin(name: &str) -> &'static str {
     match name {
@@ -33,6 +79,7 @@ pub fn cli_at(exe: &Path, args: &[&str]) -> Output {
 /// (the master is a session leader and its workers share its group), so a
 /// failing test leaves nothing behind.
 pub struct Server {
+    _slot: Slot,
     exe: PathBuf,
     extra: Vec<String>,
     pub name: &'static str,
@@ -54,30 +101,24 @@ impl Server {
 
     /// Starts the binary at `exe` (a copy, say, that a test replaces).
     pub fn start_from(exe: &Path, name: &'static str, dir: &Path, listen: &str, extra: &[&str]) -> Server {
-        let pid_file = dir.join(format!("{name}.pid"));
-        let log_file = dir.join(format!("{name}.log"));
-        let mut args = vec!["start", "-d", "--listen", listen];
-        let (p, l) = (pid_file.to_str().unwrap(), log_file.to_str().unwrap());
-        args.extend(["--pid-file", p, "--log-file", l]);
-        args.extend(extra);
-        let out = cli_at(exe, &args);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{name} start failed: {stdout}{}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log_file).unwrap_or_default()
-        );
-        let addr = stdout.split("listening on ").nth(1).and_then(|s| s.split(';').next()).expect("address").to_owned();
-        let master = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let _slot = slot();
+        let (pid_file, log_file) = (dir.join(format!("{name}.pid")), dir.join(format!("{name}.log")));
+        let (addr, master) = launch(exe, name, &pid_file, &log_file, listen, extra);
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        Server { exe: exe.to_owned(), extra, name, pid_file, log_file, addr, master }
+        Server { _slot, exe: exe.to_owned(), extra, name, pid_file, log_file, addr, master }
     }
 
-    /// Guards a server started some other way (in the foreground, say).
+    /// Guards a server started some other way (in the foreground, say; take
+    /// a `slot()` before starting it).
     pub fn adopt(name: &'static str, master: i32, pid_file: PathBuf) -> Server {
         let (exe, log_file) = (PathBuf::from(bin(name)), pid_file.with_extension("log"));
-        Server { exe, extra: Vec::new(), name, pid_file, log_file, addr: String::new(), master }
+        Server { _slot: slot(), exe, extra: Vec::new(), name, pid_file, log_file, addr: String::new(), master }
+    }
+
+    /// Lets go of a server whose processes are already gone (killed by the
+    /// test): dropping it could signal a reused pid.
+    pub fn forget(mut self) {
+        self.master = 0;
     }
 
     /// Runs a subcommand against this instance.
@@ -136,10 +177,8 @@ impl Server {
     pub fn restart(&mut self, while_down: impl FnOnce()) {
         self.stop_here(&[]);
         while_down();
-        let dir = self.pid_file.parent().unwrap().to_owned();
-        let again = Server::start_from(&self.exe, self.name, &dir, &self.addr, &self.extra.iter().map(String::as_str).collect::<Vec<_>>());
-        self.master = again.master;
-        std::mem::forget(again); // the same instance: `self` still guards it
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        (_, self.master) = launch(&self.exe, self.name, &self.pid_file, &self.log_file, &self.addr, &extra);
     }
 
     fn stop_here(&self, extra: &[&str]) {
@@ -160,9 +199,28 @@ impl Server {
     }
 }
 
+/// `<exe> start -d --listen <listen> …`; returns the address it listens on
+/// and the master's pid.
+fn launch(exe: &Path, name: &str, pid_file: &Path, log_file: &Path, listen: &str, extra: &[&str]) -> (String, i32) {
+    let mut args = vec!["start", "-d", "--listen", listen];
+    args.extend(["--pid-file", pid_file.to_str().unwrap(), "--log-file", log_file.to_str().unwrap()]);
+    args.extend(extra);
+    let out = cli_at(exe, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{name} start failed: {stdout}{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(log_file).unwrap_or_default()
+    );
+    let addr = stdout.split("listening on ").nth(1).and_then(|s| s.split(';').next()).expect("address").to_owned();
+    let master = std::fs::read_to_string(pid_file).unwrap().trim().parse().unwrap();
+    (addr, master)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        if alive(self.master) {
+        if self.master > 0 && alive(self.master) {
             // SIGKILL the group: the master is a session (and group) leader.
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.master), nix::sys::signal::SIGKILL);
         }
