@@ -5,8 +5,9 @@
 //! Waits are on replies and bounded; the two latency checks are one-sided and
 //! generous (seconds where the fixed servers need milliseconds).
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -142,16 +143,22 @@ fn a_late_answer_is_never_printed_for_a_later_query() {
     let worker = Pid::from_raw(s.worker_pids()[0]);
     kill(worker, Signal::SIGSTOP).unwrap();
     // `connections` times out on the stopped worker; `status` queues behind it
-    // and is asked while the worker is still stopped.
-    let (a, b) = (s.pid_file.clone(), s.pid_file.clone());
-    let first = thread::spawn(move || cli("subscriber", &["connections", "--json", "--pid-file", a.to_str().unwrap()]));
+    // and is asked while the worker is still stopped. The first is written to
+    // the control socket here, so that it is the master's before the second
+    // one's process starts (two CLI processes started at once race).
+    let mut first = UnixStream::connect(s.pid_file.with_extension("sock")).unwrap();
+    first.set_read_timeout(Some(WAIT)).unwrap();
+    first.write_all(b"{\"cmd\":\"connections\"}\n").unwrap();
+    let b = s.pid_file.clone();
     let second = thread::spawn(move || cli("subscriber", &["status", "--json", "--pid-file", b.to_str().unwrap()]));
-    let first = first.join().unwrap();
+    let mut reply = String::new();
+    BufReader::new(&first).read_line(&mut reply).unwrap();
     kill(worker, Signal::SIGCONT).unwrap();
     let second = second.join().unwrap();
-    assert!(first.status.success() && second.status.success());
-    let conns: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
-    assert_eq!(conns.as_array().unwrap().len(), 0, "the stopped worker cannot have answered: {conns}");
+    assert!(second.status.success());
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let conns = &reply["connections"];
+    assert_eq!(conns.as_array().map(Vec::len), Some(0), "the stopped worker cannot have answered: {reply}");
     let status: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
     let w = &status["workers"][0];
     // Resumed as this query began: it answers this query, not the other one.
