@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    fanout::app::main::<fanout::cli::ChannelArgs>(&fanout::config::CHANNEL_SERVER)
+    fanout::cli::main::<fanout::cli::ChannelArgs>(&fanout::config::CHANNEL_SERVER)
 }

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    fanout::app::main::<fanout::cli::PubSubArgs>(&fanout::config::SUBSCRIBER)
+    fanout::cli::main::<fanout::cli::PubSubArgs>(&fanout::config::SUBSCRIBER)
 }

@@ -357,7 +357,7 @@ impl Cluster {
 
 /// Resident memory of a process in kB (VmRSS from /proc; 0 once it is gone).
 pub fn rss_kb(pid: i32) -> u64 {
-    fanout::process::master::rss_kb(nix::unistd::Pid::from_raw(pid))
+    fanout::master::rss_kb(nix::unistd::Pid::from_raw(pid))
 }
 
 impl Server {

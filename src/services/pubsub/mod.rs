@@ -15,14 +15,21 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use super::client::{Client, Held};
-use super::event_loop::Service;
-use super::handoff::{ClientState, HeldState, LinkState, Msg, Sender};
-use super::send_queue::SendQueue;
-use super::link::{self, Link};
-use super::topics::{Remote, TopicId, Topics};
 use crate::config::{PubSubConfig, MAX_SUBSCRIPTIONS};
-use crate::process::control::{ConnInfo, WorkerStats};
+use crate::runtime::control::{ConnInfo, WorkerStats};
+use crate::runtime::event_loop::Service;
+use clients::{Client, Held};
+use handoff::{ClientState, HeldState, LinkState, Msg, Sender};
+use link::Link;
+use send_queue::SendQueue;
+use topics::{Remote, TopicId, Topics};
+
+mod clients;
+pub mod handoff;
+mod link;
+mod out_frames;
+mod send_queue;
+mod topics;
 use crate::protocol::command::{self, Command, HELP};
 use crate::protocol::frame::Frame;
 use crate::protocol::line::Line;

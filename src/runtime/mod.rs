@@ -1,14 +1,8 @@
 //! A worker process: the event loop, and the pub/sub service that the data
 //! source and subscriber servers run in it.
 
-pub mod client;
+pub mod control;
 pub mod event_loop;
-pub mod handoff;
-pub mod link;
-mod out_frames;
-pub mod pubsub;
-pub mod send_queue;
-pub mod topics;
 
 use std::os::fd::{AsFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -41,7 +35,7 @@ pub fn run_from_env() -> Option<ExitCode> {
             return Some(ExitCode::FAILURE);
         }
     };
-    crate::app::init_logging(&env.config.name, &format!("worker {}", env.slot));
+    crate::cli::init_logging(&env.config.name, &format!("worker {}", env.slot));
     // The master blocks the signals it reads from a signalfd, and the mask
     // survives exec: give the worker the default behaviour (TERM ends it).
     let _ = nix::sys::signal::sigprocmask(
@@ -79,11 +73,11 @@ pub fn run_from_env() -> Option<ExitCode> {
     };
     Some(match cfg.role {
         Role::PubSub(p) => {
-            let svc = pubsub::PubSub::new(&cfg.title, p, secret.unwrap_or_default());
+            let svc = crate::services::pubsub::PubSub::new(&cfg.title, p, secret.unwrap_or_default());
             event_loop::run(fds, cfg.max_connections, svc)
         }
         Role::Channel(c) => {
-            let svc = crate::channel::ChannelServer::new(c, secret);
+            let svc = crate::services::channel::ChannelServer::new(c, secret);
             event_loop::run(fds, cfg.max_connections, svc)
         }
     })

@@ -10,7 +10,7 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
-use super::event_loop::SERVICE;
+use crate::runtime::event_loop::SERVICE;
 use super::out_frames::OutFrames;
 use crate::protocol::frame::{Frame, FrameReader, VERSION};
 

@@ -12,10 +12,10 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::config::{ChannelConfig, MAX_SUBSCRIPTIONS};
-use crate::process::control::{ConnInfo, WorkerStats};
+use crate::runtime::control::{ConnInfo, WorkerStats};
 use crate::protocol::command::check_topic;
 use crate::protocol::frame::{encoded_len, Frame, FrameReader, VERSION};
-use crate::worker::event_loop::Service;
+use crate::runtime::event_loop::Service;
 
 const READS_PER_EVENT: usize = 16;
 /// A worker over its buffer limit that reads nothing for this long is cut

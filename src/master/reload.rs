@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 
 use super::{Master, Mode, READY_TIMEOUT};
 use crate::config::Role;
-use crate::process::control::Reply;
+use super::control::Reply;
 
 pub(super) struct Reload {
     slots: VecDeque<usize>,

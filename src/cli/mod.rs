@@ -1,6 +1,10 @@
 //! The command line of every server binary: `start`, `stop`, `restart`,
 //! `reload`, `status` and `connections`.
 
+pub mod args;
+
+pub use args::{ChannelArgs, PubSubArgs};
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -10,24 +14,24 @@ use std::time::Duration;
 use clap::FromArgMatches;
 use log::error;
 
-use crate::cli::{Cli, Command, Query, RoleArgs, Start, Stop, Target};
+use args::{Cli, Command, Query, RoleArgs, Start, Stop, Target};
 use crate::config::{load_secret, Config, Role, Spec};
-use crate::process::control::{self, Reply, Request, Status};
-use crate::process::daemon::{self, DaemonEnv};
-use crate::process::master::Master;
-use crate::process::pidfile::{self, PidFile};
+use crate::master::control::{self, Reply, Request, Status};
+use crate::master::daemon::{self, DaemonEnv};
+use crate::master::Master;
+use crate::master::pidfile::{self, PidFile};
 
 /// LSB exit code of `status` for a server that is not running.
 const NOT_RUNNING: u8 = 3;
 
 pub fn main<E: RoleArgs>(spec: &Spec) -> ExitCode {
-    if let Some(code) = crate::worker::run_from_env() {
+    if let Some(code) = crate::runtime::run_from_env() {
         return code;
     }
     if let Ok(text) = std::env::var(daemon::ENV) {
         return run_daemon(spec, &text);
     }
-    let matches = crate::cli::command::<E>(spec).get_matches();
+    let matches = args::command::<E>(spec).get_matches();
     let cli = match Cli::<E>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -290,7 +294,7 @@ fn print_status(s: &Status) {
         "{:>3} {:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} version",
         "id", "pid", "memory", "conns", "topics", "msgs_in", "msgs_out", "queued", "dropped", "slow", "link", "state"
     );
-    let mut total = crate::process::control::WorkerStats::default();
+    let mut total = crate::runtime::control::WorkerStats::default();
     let mut memory = 0;
     for w in &s.workers {
         let t = &w.stats;

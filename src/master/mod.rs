@@ -28,14 +28,18 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use slab::Slab;
 
-use super::control::{self, FromWorker, Request, ToWorker};
-use super::pidfile::PidFile;
-use super::signals;
 use crate::config::Config;
-use crate::worker::WorkerEnv;
+use crate::runtime::control::{self as worker_control, FromWorker, ToWorker};
+use crate::runtime::WorkerEnv;
+use control::Request;
+use pidfile::PidFile;
 
+pub mod control;
 mod control_clients;
+pub mod daemon;
+pub mod pidfile;
 mod reload;
+mod signals;
 
 use control_clients::{Client, Query};
 use reload::{Reload, Step};
@@ -56,7 +60,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 struct Worker {
     pid: Pid,
     slot: usize,
-    link: control::Conn,
+    link: worker_control::Conn,
     /// The other end of the worker's handoff socket, for its successor.
     handoff: Option<OwnedFd>,
     ready: bool,
@@ -201,7 +205,7 @@ impl Master {
         };
         let child = Command::new(&self.exe)
             .arg0(format!("{}: worker {slot}", self.cfg.name))
-            .env(crate::worker::ENV, serde_json::to_string(&env)?)
+            .env(crate::runtime::ENV, serde_json::to_string(&env)?)
             .stdin(Stdio::null())
             .spawn();
         // The child has its copies; ours must not stay open (or be inherited).
@@ -217,7 +221,7 @@ impl Master {
         entry.insert(Worker {
             pid,
             slot,
-            link: control::Conn::new(link),
+            link: worker_control::Conn::new(link),
             handoff: Some(handoff_ours.into()),
             ready: false,
             retiring: false,

@@ -9,7 +9,8 @@ use mio::{Interest, Token};
 use nix::unistd::Pid;
 
 use super::{rss_kb, Master, CLIENT_BASE, KILL_TIMEOUT};
-use crate::process::control::{self, ConnInfo, Reply, Request, Status, ToWorker, WorkerRow, WorkerStats};
+use super::control::{Reply, Request, Status, WorkerRow};
+use crate::runtime::control::{self, ConnInfo, ToWorker, WorkerStats};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 

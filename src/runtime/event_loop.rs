@@ -14,8 +14,8 @@ use mio::{Events, Interest, Poll, Registry, Token};
 
 use std::os::fd::OwnedFd;
 
-use super::handoff::{Msg, Receiver, Sender};
-use crate::process::control::{self, ConnInfo, FromWorker, ToWorker, WorkerStats};
+use super::control::{self, ConnInfo, FromWorker, ToWorker, WorkerStats};
+use crate::services::pubsub::handoff::{Msg, Receiver, Sender};
 
 pub const LISTENER: Token = Token(usize::MAX);
 pub const MASTER: Token = Token(usize::MAX - 1);
