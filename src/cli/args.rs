@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ChannelConfig, Config, PubSubConfig, Role, RoleKind, Spec};
-use crate::protocol::{command::check_topic, frame::MAX_MESSAGE};
+use crate::protocol::{frame::MAX_MESSAGE, topic};
 
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true, after_help = SIGNALS)]
@@ -147,10 +147,10 @@ impl RoleArgs for PubSubArgs {
     }
 
     fn role(&self) -> Result<Role, String> {
-        check_topic(self.topic.as_bytes()).map_err(|e| format!("--topic: {e}"))?;
         if self.topic.is_empty() {
             return Err("--topic must not be empty".into());
         }
+        topic::check(self.topic.as_bytes()).map_err(|e| format!("--topic: {e}"))?;
         if self.max_line == 0 || self.max_line > MAX_MESSAGE {
             return Err(format!("--max-line must be between 1 and {MAX_MESSAGE}"));
         }

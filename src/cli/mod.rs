@@ -25,7 +25,11 @@ use crate::master::pidfile::{self, PidFile};
 const NOT_RUNNING: u8 = 3;
 
 pub fn main<E: RoleArgs>(spec: &Spec) -> ExitCode {
-    if let Some(code) = crate::runtime::run_from_env() {
+    let worker = crate::runtime::run_from_env(|w| {
+        init_logging(&w.config.name, &format!("worker {}", w.slot));
+        crate::services::serve(w)
+    });
+    if let Some(code) = worker {
         return code;
     }
     if let Ok(text) = std::env::var(daemon::ENV) {

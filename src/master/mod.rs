@@ -28,10 +28,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::runtime::control::{self as worker_control, FromWorker, ToWorker};
 use crate::runtime::WorkerEnv;
-use control::Request;
+use control::{Reply, Request};
 use pidfile::PidFile;
 
 pub mod control;
@@ -42,7 +42,7 @@ mod reload;
 mod signals;
 
 use control_clients::{Client, Query};
-use reload::{Reload, Step};
+use reload::Reload;
 
 const SIGNAL: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -274,28 +274,11 @@ impl Master {
                     let _ = nix::unistd::write(&pipe, format!("ok {}\n", self.cfg.listen).as_bytes());
                 }
             }
-            Mode::Reloading(r) => {
-                if let Step::Starting { key: k, handoff, .. } = r.step {
-                    if k != key {
-                        return;
-                    }
-                    r.new_pids.push(pid.as_raw() as u32);
-                    let old = self.workers.iter_mut().find(|(k, w)| *k != key && w.slot == slot && !w.retiring);
-                    match old {
-                        Some((_, old)) => {
-                            old.retiring = true;
-                            // From here the successor holds the only other end,
-                            // so the old worker sees at once if it dies.
-                            old.handoff = None;
-                            let msg = if handoff { ToWorker::HandOff } else { ToWorker::Drain };
-                            let _ = old.link.send(&msg);
-                            let deadline = Instant::now() + RETIRE_TIMEOUT;
-                            r.step = Step::Retiring { pid: old.pid, new: pid, deadline };
-                        }
-                        None => r.step = Step::Idle,
-                    }
-                    self.next_reload_step();
-                }
+            Mode::Reloading(_) => {
+                // The worker serving this slot until now, if any.
+                let old = self.workers.iter().find(|(k, w)| *k != key && w.slot == slot && !w.retiring);
+                let old = old.map(|(_, w)| w.pid);
+                self.reload_event(reload::Event::Ready { key, pid, old });
             }
             _ => {}
         }
@@ -322,6 +305,12 @@ impl Master {
     }
 
     fn on_exit(&mut self, w: Worker, how: &str) {
+        if matches!(self.mode, Mode::Reloading(_)) {
+            let ev = reload::Event::Exited { pid: w.pid, slot: w.slot, ready: w.ready, how: how.into() };
+            if self.reload_event(ev) {
+                return;
+            }
+        }
         match &mut self.mode {
             Mode::Stopping { .. } => debug!("worker {} (pid {}) exited: {how}", w.slot, w.pid),
             Mode::Starting { .. } => {
@@ -332,24 +321,6 @@ impl Master {
                     let msg = format!("a worker exited during startup ({how}); see the log file\n");
                     let _ = nix::unistd::write(&pipe, msg.as_bytes());
                 }
-            }
-            Mode::Reloading(r) if matches!(r.step, Step::Retiring { pid, .. } if pid == w.pid) => {
-                info!("replaced worker {} (pid {}) exited: {how}", w.slot, w.pid);
-                r.step = Step::Idle;
-                self.next_reload_step();
-            }
-            Mode::Reloading(r) if !w.ready && matches!(r.step, Step::Starting { .. }) => {
-                let why = format!("new worker {} (pid {}) exited before it was ready: {how}", w.slot, w.pid);
-                self.abort_reload(&why);
-            }
-            Mode::Reloading(r) if matches!(r.step, Step::Retiring { new, .. } if new == w.pid) => {
-                // The old worker got no confirmation and carries on serving.
-                let Step::Retiring { pid: old, .. } = r.step else { unreachable!() };
-                if let Some((_, o)) = self.workers.iter_mut().find(|(_, o)| o.pid == old) {
-                    o.retiring = false;
-                }
-                let why = format!("new worker {} (pid {}) exited while taking over: {how}", w.slot, w.pid);
-                self.abort_reload(&why);
             }
             _ if w.retiring => info!("worker {} (pid {}) exited: {how}", w.slot, w.pid),
             _ => {
@@ -367,6 +338,102 @@ impl Master {
         }
     }
 
+    // ---- reload --------------------------------------------------------------
+
+    pub(super) fn start_reload(&mut self, client: Option<usize>) {
+        if !matches!(self.mode, Mode::Running) {
+            let msg = "cannot reload now: the server is starting, stopping or already reloading";
+            warn!("{msg}");
+            if let Some(c) = client {
+                self.reply(c, &Reply::Error(msg.into()));
+            }
+            return;
+        }
+        info!("reloading {} worker(s) from {}", self.cfg.count, self.exe.display());
+        let (r, actions) = Reload::start(self.cfg.count, client);
+        self.mode = Mode::Reloading(r);
+        self.apply_reload(actions);
+    }
+
+    /// Feeds the reload an event and carries out what it asks. Returns false
+    /// when the event was not the reload's business.
+    fn reload_event(&mut self, ev: reload::Event) -> bool {
+        let Mode::Reloading(r) = &mut self.mode else { return false };
+        let actions = r.on(ev, Instant::now());
+        let handled = !actions.is_empty();
+        self.apply_reload(actions);
+        handled
+    }
+
+    fn apply_reload(&mut self, actions: Vec<reload::Action>) {
+        use reload::Action;
+        for action in actions {
+            match action {
+                Action::Spawn { slot } => {
+                    let ev = match self.spawn_successor(slot) {
+                        Ok((key, handoff)) => reload::Event::Spawned { key, handoff },
+                        Err(e) => reload::Event::SpawnFailed(format!("cannot start new worker {slot}: {e}")),
+                    };
+                    self.reload_event(ev);
+                }
+                Action::Retire { old, handoff } => {
+                    if let Some((_, w)) = self.workers.iter_mut().find(|(_, w)| w.pid == old) {
+                        w.retiring = true;
+                        // From here the successor holds the only other end,
+                        // so the old worker sees at once if it dies.
+                        w.handoff = None;
+                        let _ = w.link.send(if handoff { &ToWorker::HandOff } else { &ToWorker::Drain });
+                    }
+                }
+                Action::Kill(pid) => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                Action::KeepServing(pid) => {
+                    if let Some((_, w)) = self.workers.iter_mut().find(|(_, w)| w.pid == pid) {
+                        w.retiring = false;
+                    }
+                }
+                Action::Done(pids) => {
+                    let Mode::Reloading(r) = std::mem::replace(&mut self.mode, Mode::Running) else { return };
+                    info!("reload complete");
+                    if let Some(c) = r.client {
+                        self.reply(c, &Reply::Reloaded(pids));
+                    }
+                }
+                Action::Failed { why, kill: successor } => {
+                    let Mode::Reloading(r) = std::mem::replace(&mut self.mode, Mode::Running) else { return };
+                    error!("reload stopped: {why}; the remaining workers keep serving");
+                    if let Some(w) = successor.and_then(|key| self.workers.get_mut(key)) {
+                        w.retiring = true;
+                        let _ = kill(w.pid, Signal::SIGKILL);
+                    }
+                    if let Some(c) = r.client {
+                        self.reply(c, &Reply::Error(format!("reload stopped: {why}")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the successor of the worker serving `slot`. A service that hands
+    /// over gets the old worker's handoff socket (the master keeps its copy
+    /// until the successor is ready, for another try); the channel server's
+    /// single worker drains instead. Returns the worker key and whether it
+    /// got the socket.
+    fn spawn_successor(&mut self, slot: usize) -> io::Result<(usize, bool)> {
+        let takeover = match self.cfg.role {
+            Role::PubSub(_) => self
+                .workers
+                .iter()
+                .find(|(_, w)| w.slot == slot && !w.retiring)
+                .and_then(|(_, w)| w.handoff.as_ref())
+                .and_then(|fd| fd.try_clone().ok()),
+            Role::Channel(_) => None,
+        };
+        let handoff = takeover.is_some();
+        self.spawn(slot, takeover).map(|key| (key, handoff))
+    }
+
     fn signal_all(&self, sig: Signal) {
         for (_, w) in &self.workers {
             let _ = kill(w.pid, sig);
@@ -379,8 +446,9 @@ impl Master {
         if let Mode::Stopping { .. } = self.mode {
             return;
         }
-        if let Mode::Reloading(_) = self.mode {
-            self.abort_reload("the server is stopping");
+        if let Mode::Reloading(r) = &mut self.mode {
+            let failed = r.abort("the server is stopping");
+            self.apply_reload(vec![failed]);
         }
         info!("stopping{}", if graceful { " gracefully" } else { "" });
         if graceful {
@@ -428,10 +496,7 @@ impl Master {
     fn next_deadline(&self) -> Option<Instant> {
         let mode = match &self.mode {
             Mode::Starting { deadline } | Mode::Stopping { deadline, .. } => Some(*deadline),
-            Mode::Reloading(r) => match r.step {
-                Step::Starting { deadline, .. } | Step::Retiring { deadline, .. } => Some(deadline),
-                Step::Idle => None,
-            },
+            Mode::Reloading(r) => r.deadline(),
             Mode::Running => None,
         };
         let respawn = self.slots.iter().filter_map(|s| s.respawn_at).min();
@@ -465,17 +530,9 @@ impl Master {
             Mode::Starting { deadline } if *deadline <= now => {
                 return Some(self.fail_start("workers did not become ready in time; see the log file"));
             }
-            Mode::Reloading(r) => match r.step {
-                Step::Starting { deadline, .. } if deadline <= now => {
-                    self.abort_reload("the new worker did not become ready in time");
-                }
-                Step::Retiring { pid, new, deadline } if deadline <= now => {
-                    warn!("replaced worker (pid {pid}) did not finish in time: killing it");
-                    let _ = kill(pid, Signal::SIGKILL);
-                    r.step = Step::Retiring { pid, new, deadline: now + KILL_TIMEOUT };
-                }
-                _ => {}
-            },
+            Mode::Reloading(_) => {
+                self.reload_event(reload::Event::Tick);
+            }
             _ => {}
         }
         for slot in 0..self.slots.len() {

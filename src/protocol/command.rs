@@ -1,7 +1,6 @@
 //! The commands a person types, parsed from one line without copying.
 
-/// Longest topic name, in bytes.
-pub const MAX_TOPIC: usize = 128;
+use super::topic;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -18,18 +17,6 @@ pub enum Command<'a> {
     Quit,
 }
 
-pub const HELP: &str = "\
-Commands (case-insensitive):
-  publish <message>          publish to this server's default topic
-  pub <topic> <message>      publish to a named topic
-  subscribe [topic ...]      (sub) receive a topic's messages; default topic if none given
-  unsubscribe [topic ...]    (unsub) stop; all of this connection's topics if none given
-  ping                       answers PONG
-  help                       this text
-  quit                       close the connection
-Messages arrive as: Received [<topic>]: <message>
-";
-
 /// The topic arguments of a subscribe/unsubscribe line (whitespace-separated,
 /// each one valid). Empty means "the default" / "all".
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -43,17 +30,6 @@ impl<'a> Topics<'a> {
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + Clone {
         self.0.split(|b| is_space(*b)).filter(|t| !t.is_empty())
     }
-}
-
-/// Why a topic name is refused, for the `ERR` line.
-pub fn check_topic(topic: &[u8]) -> Result<(), String> {
-    if topic.len() > MAX_TOPIC {
-        return Err(format!("topic name too long (max {MAX_TOPIC} bytes)"));
-    }
-    if let Some(b) = topic.iter().find(|b| !b.is_ascii_graphic()) {
-        return Err(format!("invalid byte 0x{b:02x} in topic name (printable ASCII only, no spaces)"));
-    }
-    Ok(())
 }
 
 /// Parses one line. `Ok(None)` is an empty line (ignored); `Err` is the text of
@@ -79,7 +55,7 @@ pub fn parse(line: &[u8]) -> Result<Option<Command<'_>>, String> {
         match end {
             Some(end) if end + 1 < args.len() => {
                 let topic = &args[..end];
-                check_topic(topic)?;
+                topic::check(topic).map_err(|e| e.to_string())?;
                 Command::Pub { topic, message: &args[end + 1..] }
             }
             _ => return Err("usage: pub <topic> <message>".into()),
@@ -103,7 +79,7 @@ pub fn parse(line: &[u8]) -> Result<Option<Command<'_>>, String> {
 
 fn topics(args: &[u8]) -> Result<Topics<'_>, String> {
     let t = Topics(args);
-    t.iter().try_for_each(check_topic)?;
+    t.iter().try_for_each(topic::check).map_err(|e| e.to_string())?;
     Ok(t)
 }
 

@@ -7,13 +7,13 @@
 
 use std::io::{self, Read};
 
-use super::command::MAX_TOPIC;
+use super::topic;
 
 pub const VERSION: u8 = 1;
 /// Largest message body a publish can carry.
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Largest `kind + body` a peer may send; anything larger ends the link.
-pub const MAX_FRAME: usize = 2 + MAX_TOPIC + MAX_MESSAGE;
+pub const MAX_FRAME: usize = 2 + topic::MAX_LEN + MAX_MESSAGE;
 const LEN: usize = 4;
 
 const HELLO: u8 = 1;
@@ -60,9 +60,6 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Frame<'_> {
-    /// The kind byte of a publish frame (the fifth byte of its encoding).
-    pub const PUBLISH_KIND: u8 = PUBLISH;
-
     /// Appends the encoded frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match *self {
@@ -72,7 +69,7 @@ impl Frame<'_> {
             Frame::SubAck(t) => put(out, SUBACK, &[t]),
             Frame::Unsub(t) => put(out, UNSUB, &[t]),
             Frame::Publish { topic, message } => {
-                debug_assert!(topic.len() <= MAX_TOPIC);
+                debug_assert!(topic.len() <= topic::MAX_LEN);
                 put(out, PUBLISH, &[&[topic.len() as u8], topic, message])
             }
             Frame::Error(why) => put(out, ERROR, &[why]),
@@ -82,7 +79,7 @@ impl Frame<'_> {
 
 /// The length of the encoded frame that `buf` starts with, prefix included
 /// (`buf` holds at least the prefix).
-pub fn encoded_len(buf: &[u8]) -> usize {
+fn encoded_len(buf: &[u8]) -> usize {
     LEN + u32::from_be_bytes(buf[..LEN].try_into().unwrap()) as usize
 }
 
@@ -98,13 +95,7 @@ fn put(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
 /// Decodes `kind + body` (the bytes after the length).
 fn decode_body(b: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let (&kind, body) = b.split_first().ok_or(DecodeError::Malformed("empty frame"))?;
-    let topic = |t: &'_ [u8]| {
-        if t.is_empty() || t.len() > MAX_TOPIC {
-            Err(DecodeError::Malformed("bad topic length"))
-        } else {
-            Ok(())
-        }
-    };
+    let topic = |t: &'_ [u8]| topic::check_len(t).map_err(|_| DecodeError::Malformed("bad topic length"));
     Ok(match kind {
         HELLO => {
             let (&version, secret) = body.split_first().ok_or(DecodeError::Malformed("hello without version"))?;
@@ -134,6 +125,88 @@ fn decode_body(b: &[u8]) -> Result<Frame<'_>, DecodeError> {
         ERROR => Frame::Error(body),
         k => return Err(DecodeError::UnknownKind(k)),
     })
+}
+
+// ---- queued frames ------------------------------------------------------------
+//
+// A queue of encoded frames (`runtime::outbound`, framed) asks these where its
+// frames begin and end. Each takes a buffer that starts at a frame and holds
+// whole frames (the last one possibly still arriving is never asked about).
+
+fn is_publish(frame: &[u8]) -> bool {
+    frame.get(LEN) == Some(&PUBLISH)
+}
+
+/// The start of the frame that byte `at` of `buf` belongs to, or `at` itself
+/// if a frame starts there (or `buf` ends there).
+pub fn start_of(buf: &[u8], at: usize) -> usize {
+    let mut pos = 0;
+    while pos + LEN <= buf.len() {
+        let end = pos + encoded_len(&buf[pos..]);
+        if end > at {
+            return pos;
+        }
+        pos = end;
+    }
+    pos
+}
+
+/// The end of the frame being written when `at` bytes are out: `at` itself
+/// if it falls between frames.
+pub fn end_of(buf: &[u8], at: usize) -> usize {
+    match start_of(buf, at) {
+        start if start < at => start + encoded_len(&buf[start..]),
+        _ => at,
+    }
+}
+
+/// How many frames `buf` holds.
+pub fn count(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while buf.len() >= LEN {
+        buf = &buf[encoded_len(buf).min(buf.len())..];
+        n += 1;
+    }
+    n
+}
+
+/// How many publish frames `buf` holds.
+pub fn count_publishes(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while buf.len() > LEN {
+        n += u64::from(is_publish(buf));
+        buf = &buf[encoded_len(buf).min(buf.len())..];
+    }
+    n
+}
+
+/// Where the first publish not yet started begins, `written` bytes being out
+/// (the end of `buf` if there is none).
+pub fn first_unstarted_publish(buf: &[u8], written: usize) -> usize {
+    let mut at = 0;
+    while at < buf.len() && (at < written || !is_publish(&buf[at..])) {
+        at += encoded_len(&buf[at..]);
+    }
+    at
+}
+
+/// The publishes of `buf` not yet started when `written` bytes are out, and
+/// how many publishes were cut in half.
+pub fn unstarted_publishes(buf: &[u8], written: usize) -> (Vec<u8>, u64) {
+    let mut kept = Vec::with_capacity(buf.len().saturating_sub(written));
+    let (mut at, mut lost) = (0, 0);
+    while at < buf.len() {
+        let end = at + encoded_len(&buf[at..]);
+        if is_publish(&buf[at..]) {
+            match at >= written {
+                true => kept.extend_from_slice(&buf[at..end]),
+                false if written < end => lost += 1,
+                false => {}
+            }
+        }
+        at = end;
+    }
+    (kept, lost)
 }
 
 /// Input buffer of one link: reads straight from the socket and hands out

@@ -1,7 +1,11 @@
-//! The wire formats: the line protocol people type, and the framed binary
-//! protocol between workers and the channel server.
+//! The wire formats, pure (no sockets): the line protocol people type
+//! (telnet stripping, lines, commands) and every line they get back (reply),
+//! the framed binary protocol between workers and the channel server (frame),
+//! and the rules for topic names (topic).
 
 pub mod command;
 pub mod frame;
 pub mod line;
+pub mod reply;
 pub mod telnet;
+pub mod topic;

@@ -2,9 +2,11 @@
 //! socketpair the worker inherits. A worker exits when it closes, so it never
 //! outlives its master. (The master's control socket speaks the same way.)
 
-use std::io::{self, Write};
+use std::io;
 
 use serde::{Deserialize, Serialize};
+
+use super::outbound::Outbound;
 
 /// From the master to a worker. A query carries an id that its answer
 /// repeats: a worker that answers after the master gave up on it (stopped,
@@ -86,7 +88,7 @@ pub fn decode_lines<T: for<'de> Deserialize<'de>>(buf: &mut Vec<u8>) -> io::Resu
 pub struct Conn {
     pub stream: mio::net::UnixStream,
     inbuf: Vec<u8>,
-    outbuf: Vec<u8>,
+    out: Outbound,
 }
 
 /// Most bytes a peer may send without a newline. The longest message is a
@@ -95,27 +97,20 @@ const MAX_CONTROL_LINE: usize = 256 << 20;
 
 impl Conn {
     pub fn new(stream: mio::net::UnixStream) -> Conn {
-        Conn { stream, inbuf: Vec::new(), outbuf: Vec::new() }
+        Conn { stream, inbuf: Vec::new(), out: Outbound::default() }
     }
 
     /// Queues `msg` and writes as much as the socket takes.
     pub fn send<T: Serialize>(&mut self, msg: &T) -> io::Result<()> {
-        encode(msg, &mut self.outbuf);
+        let mut line = Vec::new();
+        encode(msg, &mut line);
+        self.out.push(&[&line]);
         self.flush()
     }
 
     /// Writes queued bytes until done or the socket is full.
     pub fn flush(&mut self) -> io::Result<()> {
-        while !self.outbuf.is_empty() {
-            match self.stream.write(&self.outbuf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => drop(self.outbuf.drain(..n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.out.write_to(&mut self.stream).map(drop)
     }
 
     /// Reads until the socket is drained. Returns the whole messages received

@@ -1,8 +1,9 @@
 //! The loop every worker process runs: one mio `Poll` created after exec, the
-//! inherited listening socket, the link to the master, and a `Service` (the
-//! pub/sub server or the channel server) that owns the connections.
+//! inherited listening socket, the link to the master, and a `Service` that
+//! owns the connections. The loop knows no service: what a connection is, how
+//! it is refused and what is handed over on reload are the service's.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use std::os::fd::OwnedFd;
 
 use super::control::{self, ConnInfo, FromWorker, ToWorker, WorkerStats};
-use crate::services::pubsub::handoff::{Msg, Receiver, Sender};
+use super::handoff::{Payload, Receiver, Sender};
 
 pub const LISTENER: Token = Token(usize::MAX);
 pub const MASTER: Token = Token(usize::MAX - 1);
@@ -28,7 +29,13 @@ pub const SERVICE: Token = Token(usize::MAX - 3);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 pub trait Service {
+    /// What this service hands a successor on reload, one message at a time.
+    type Handoff: Payload;
+
     fn accept(&mut self, reg: &Registry, stream: TcpStream, peer: SocketAddr);
+    /// A connection over the limit of `limit` per worker: tell it so, if the
+    /// service's protocol has a way (the stream is closed when this returns).
+    fn refuse(&mut self, stream: TcpStream, limit: usize);
     fn event(&mut self, reg: &Registry, ev: &Event);
     /// Runs after every batch of events: deferred work, timers, flushing.
     /// Returns when the loop must wake up at the latest.
@@ -43,12 +50,12 @@ pub trait Service {
     /// Sends every connection, with its state, to a successor. Leaves this
     /// service intact, to carry on if the successor fails. Returns false if
     /// the service cannot hand off (it is drained instead).
-    fn hand_off(&mut self, _to: &mut Sender) -> io::Result<bool> {
+    fn hand_off(&mut self, _to: &mut Sender<Self::Handoff>) -> io::Result<bool> {
         Ok(false)
     }
 
     /// Adopts one connection sent by `hand_off`; the last message completes it.
-    fn take_over(&mut self, _reg: &Registry, _msg: Msg, _fd: Option<OwnedFd>) -> io::Result<()> {
+    fn take_over(&mut self, _reg: &Registry, _msg: Self::Handoff, _fd: Option<OwnedFd>) -> io::Result<()> {
         Err(io::Error::other("this server cannot take connections over"))
     }
 }
@@ -63,7 +70,7 @@ pub struct Inherited {
     pub takeover: Option<std::os::unix::net::UnixStream>,
 }
 
-pub fn run(fds: Inherited, max_connections: usize, mut svc: impl Service) -> ExitCode {
+pub fn run<S: Service>(fds: Inherited, max_connections: usize, mut svc: S) -> ExitCode {
     match Loop::new(fds, max_connections).and_then(|mut l| l.run(&mut svc)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -73,14 +80,14 @@ pub fn run(fds: Inherited, max_connections: usize, mut svc: impl Service) -> Exi
     }
 }
 
-struct Loop {
+struct Loop<S: Service> {
     poll: Poll,
     listener: TcpListener,
     /// Accepting (not while taking over, handing off or draining).
     accepting: bool,
     master: control::Conn,
     handoff: Option<std::os::unix::net::UnixStream>,
-    takeover: Option<Receiver>,
+    takeover: Option<Receiver<S::Handoff>>,
     max_connections: usize,
     accept_retry: Option<Instant>,
     /// Accepting failed (descriptors exhausted): warned once, quiet until it works.
@@ -89,8 +96,8 @@ struct Loop {
     version: String,
 }
 
-impl Loop {
-    fn new(fds: Inherited, max_connections: usize) -> io::Result<Loop> {
+impl<S: Service> Loop<S> {
+    fn new(fds: Inherited, max_connections: usize) -> io::Result<Loop<S>> {
         let poll = Poll::new()?;
         fds.listener.set_nonblocking(true)?;
         fds.master.set_nonblocking(true)?;
@@ -129,7 +136,7 @@ impl Loop {
         Ok(())
     }
 
-    fn run(&mut self, svc: &mut impl Service) -> io::Result<()> {
+    fn run(&mut self, svc: &mut S) -> io::Result<()> {
         self.master.send(&FromWorker::Ready)?;
         let mut events = Events::with_capacity(1024);
         let mut wake = Some(Instant::now());
@@ -171,20 +178,19 @@ impl Loop {
         }
     }
 
-    fn accept(&mut self, svc: &mut impl Service) {
+    fn accept(&mut self, svc: &mut S) {
         if !self.accepting || self.accept_retry.is_some() {
             return;
         }
         loop {
             match self.listener.accept() {
-                Ok((mut stream, peer)) => {
+                Ok((stream, peer)) => {
                     if std::mem::take(&mut self.accept_failing) {
                         info!("accepting connections again");
                     }
                     if svc.connections() >= self.max_connections {
                         debug!("refusing {peer}: {} connections", self.max_connections);
-                        let msg = format!("ERR too many connections (limit {} per worker)\n", self.max_connections);
-                        let _ = stream.write(msg.as_bytes());
+                        svc.refuse(stream, self.max_connections);
                         continue;
                     }
                     tune(&stream);
@@ -207,7 +213,7 @@ impl Loop {
     }
 
     /// Handles the master's messages. Returns false when the worker must exit.
-    fn on_master(&mut self, svc: &mut impl Service) -> io::Result<bool> {
+    fn on_master(&mut self, svc: &mut S) -> io::Result<bool> {
         self.master.flush()?;
         let (msgs, closed) = self.master.receive::<ToWorker>()?;
         for msg in msgs {
@@ -236,8 +242,8 @@ impl Loop {
     }
 }
 
-impl Loop {
-    fn drain(&mut self, svc: &mut impl Service) -> io::Result<()> {
+impl<S: Service> Loop<S> {
+    fn drain(&mut self, svc: &mut S) -> io::Result<()> {
         self.set_accepting(false)?;
         self.draining = true;
         svc.drain(self.poll.registry());
@@ -246,7 +252,7 @@ impl Loop {
 
     /// Replaced by a new worker: hands everything over and returns true once
     /// the successor has confirmed. On failure, carries on serving.
-    fn hand_off(&mut self, svc: &mut impl Service) -> io::Result<bool> {
+    fn hand_off(&mut self, svc: &mut S) -> io::Result<bool> {
         let Some(sock) = self.handoff.take() else {
             warn!("cannot hand connections over a second time; draining instead");
             self.drain(svc)?;
@@ -279,7 +285,7 @@ impl Loop {
 
     /// Adopts what the predecessor sends; once it is all here, confirms and
     /// starts serving.
-    fn take_over(&mut self, svc: &mut impl Service) -> io::Result<()> {
+    fn take_over(&mut self, svc: &mut S) -> io::Result<()> {
         let Some(rx) = &mut self.takeover else { return Ok(()) };
         rx.read()?;
         while let Some((msg, fd)) = rx.next_msg()? {

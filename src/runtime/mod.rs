@@ -1,8 +1,12 @@
-//! A worker process: the event loop, and the pub/sub service that the data
-//! source and subscriber servers run in it.
+//! The generic worker runtime, which knows no service: the process entry
+//! (`run_from_env`), the event loop and its `Service` trait, the handoff
+//! socket, the output queue of every connection, and the control link to the
+//! master.
 
 pub mod control;
 pub mod event_loop;
+pub mod handoff;
+pub mod outbound;
 
 use std::os::fd::{AsFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -10,7 +14,7 @@ use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{load_secret, Config, Role};
+use crate::config::Config;
 
 /// Environment variable that makes a process a worker; set by the master.
 pub const ENV: &str = "FANOUT_WORKER";
@@ -25,8 +29,9 @@ pub struct WorkerEnv {
     pub config: Config,
 }
 
-/// Runs this process as a worker if the master started it as one.
-pub fn run_from_env() -> Option<ExitCode> {
+/// Runs this process as a worker if the master started it as one: `serve`
+/// chooses the service for the worker's settings and runs it.
+pub fn run_from_env(serve: impl FnOnce(Worker) -> ExitCode) -> Option<ExitCode> {
     let text = std::env::var(ENV).ok()?;
     let env: WorkerEnv = match serde_json::from_str(&text) {
         Ok(env) => env,
@@ -35,7 +40,6 @@ pub fn run_from_env() -> Option<ExitCode> {
             return Some(ExitCode::FAILURE);
         }
     };
-    crate::cli::init_logging(&env.config.name, &format!("worker {}", env.slot));
     // The master blocks the signals it reads from a signalfd, and the mask
     // survives exec: give the worker the default behaviour (TERM ends it).
     let _ = nix::sys::signal::sigprocmask(
@@ -59,26 +63,20 @@ pub fn run_from_env() -> Option<ExitCode> {
     for fd in inherited {
         let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     }
-    let cfg = env.config;
-    let secret_file = match &cfg.role {
-        Role::PubSub(p) => p.secret_file.as_ref(),
-        Role::Channel(c) => c.secret_file.as_ref(),
-    };
-    let secret = match load_secret(secret_file) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("{e}");
-            return Some(ExitCode::FAILURE);
-        }
-    };
-    Some(match cfg.role {
-        Role::PubSub(p) => {
-            let svc = crate::services::pubsub::PubSub::new(&cfg.title, p, secret.unwrap_or_default());
-            event_loop::run(fds, cfg.max_connections, svc)
-        }
-        Role::Channel(c) => {
-            let svc = crate::services::channel::ChannelServer::new(c, secret);
-            event_loop::run(fds, cfg.max_connections, svc)
-        }
-    })
+    Some(serve(Worker { slot: env.slot, config: env.config, fds }))
+}
+
+/// A worker process as its master started it: its slot, its settings and the
+/// descriptors it inherited.
+pub struct Worker {
+    pub slot: usize,
+    pub config: Config,
+    fds: event_loop::Inherited,
+}
+
+impl Worker {
+    /// Runs `svc` in the event loop until the worker exits.
+    pub fn run<S: event_loop::Service>(self, svc: S) -> ExitCode {
+        event_loop::run(self.fds, self.config.max_connections, svc)
+    }
 }

@@ -1,7 +1,8 @@
 //! The channel server's service: one connection ("peer") per worker.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::fmt;
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -13,9 +14,10 @@ use slab::Slab;
 
 use crate::config::{ChannelConfig, MAX_SUBSCRIPTIONS};
 use crate::runtime::control::{ConnInfo, WorkerStats};
-use crate::protocol::command::check_topic;
-use crate::protocol::frame::{encoded_len, Frame, FrameReader, VERSION};
+use crate::protocol::topic;
+use crate::protocol::frame::{Frame, FrameReader, VERSION};
 use crate::runtime::event_loop::Service;
+use crate::runtime::outbound::Outbound;
 
 const READS_PER_EVENT: usize = 16;
 /// A worker over its buffer limit that reads nothing for this long is cut
@@ -32,9 +34,7 @@ struct Peer {
     addr: SocketAddr,
     id: u64,
     reader: FrameReader,
-    /// Whole frames; `out[sent..]` is not written yet.
-    out: Vec<u8>,
-    sent: usize,
+    out: Outbound,
     authed: bool,
     topics: Vec<Box<[u8]>>,
     closing: bool,
@@ -54,9 +54,23 @@ struct Peer {
     eof: bool,
 }
 
-impl Peer {
-    fn unsent(&self) -> usize {
-        self.out.len() - self.sent
+/// Why a link is being closed.
+#[derive(Debug)]
+enum PeerError {
+    /// The worker closed it.
+    Closed,
+    /// The worker broke the protocol: it is told why in an ERROR frame.
+    Protocol(String),
+    Io(io::Error),
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::Closed => write!(f, "closed"),
+            PeerError::Protocol(why) => write!(f, "{why}"),
+            PeerError::Io(e) => write!(f, "read failed: {e}"),
+        }
     }
 }
 
@@ -71,14 +85,20 @@ struct Peers {
 }
 
 impl Peers {
-    /// Queues bytes for a peer.
-    fn push(&mut self, key: usize, bytes: &[u8]) {
+    fn push_frame(&mut self, key: usize, frame: Frame<'_>) {
+        let mut bytes = Vec::new();
+        frame.encode(&mut bytes);
+        self.push(key, &bytes);
+    }
+
+    /// Queues encoded frames for a peer.
+    fn push(&mut self, key: usize, frames: &[u8]) {
         let p = &mut self.slab[key];
         if p.closing {
             return;
         }
-        p.out.extend_from_slice(bytes);
-        if p.unsent() > self.max_buffer {
+        p.out.push(&[frames]);
+        if p.out.queued() > self.max_buffer {
             self.congested = true;
         }
         if !p.dirty {
@@ -129,8 +149,7 @@ impl ChannelServer {
         }
         let mut reader = std::mem::take(&mut p.reader);
         let mut turns = READS_PER_EVENT;
-        // Err(None): the peer closed; Err(Some(why)): it broke the protocol.
-        let result: Result<(), Option<String>> = loop {
+        let result = loop {
             let p = &mut self.peers.slab[key];
             if p.closing || self.draining {
                 break Ok(());
@@ -143,26 +162,26 @@ impl ChannelServer {
             }
             turns -= 1;
             match reader.read_from(&mut p.stream) {
-                Ok(0) => break Err(None),
+                Ok(0) => break Err(PeerError::Closed),
                 Ok(n) => {
                     p.bytes_in += n as u64;
                     if let Err(why) = self.on_frames(key, &mut reader) {
-                        break Err(Some(why));
+                        break Err(PeerError::Protocol(why));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(Some(format!("read failed: {e}"))),
+                Err(e) => break Err(PeerError::Io(e)),
             }
         };
         let p = &mut self.peers.slab[key];
         p.reader = reader;
         match result {
             Ok(()) => {}
-            Err(None) => self.to_close.push(key),
-            Err(Some(why)) => {
+            Err(PeerError::Closed) => self.to_close.push(key),
+            Err(why) => {
                 warn!("closing link from {}: {why}", p.addr);
-                self.fail(key, &why);
+                self.fail(key, &why.to_string());
             }
         }
     }
@@ -172,14 +191,8 @@ impl ChannelServer {
     /// ERROR frame follows, and the link lingers (see `Peer::linger`).
     fn fail(&mut self, key: usize, why: &str) {
         let p = &mut self.peers.slab[key];
-        let at = frame_boundary(&p.out, p.sent);
-        let keep = match at < p.sent {
-            true => at + encoded_len(&p.out[at..]),
-            false => p.sent,
-        };
-        self.dropped += count_publishes(&p.out[keep..]);
-        p.out.truncate(keep);
-        Frame::Error(why.as_bytes()).encode(&mut p.out);
+        self.dropped += p.out.discard_unsent();
+        p.out.push_frame(Frame::Error(why.as_bytes()));
         p.closing = true;
         p.linger = Some(Instant::now() + ERROR_LINGER);
         if !p.dirty {
@@ -233,7 +246,7 @@ impl ChannelServer {
                     }
                 }
                 Frame::Sub(topic) => {
-                    check_topic(topic)?;
+                    topic::check(topic).map_err(|e| e.to_string())?;
                     let p = &mut self.peers.slab[key];
                     if !p.topics.iter().any(|t| **t == *topic) {
                         if p.topics.len() >= MAX_PEER_TOPICS {
@@ -242,9 +255,7 @@ impl ChannelServer {
                         p.topics.push(topic.into());
                         self.topics.entry(topic.into()).or_default().push(key);
                     }
-                    let mut ack = Vec::new();
-                    Frame::SubAck(topic).encode(&mut ack);
-                    self.peers.push(key, &ack);
+                    self.peers.push_frame(key, Frame::SubAck(topic));
                 }
                 Frame::Unsub(topic) => {
                     let p = &mut self.peers.slab[key];
@@ -271,9 +282,7 @@ impl ChannelServer {
         let p = &mut self.peers.slab[key];
         p.authed = true;
         info!("worker link from {} accepted", p.addr);
-        let mut welcome = Vec::new();
-        Frame::Welcome { version: VERSION }.encode(&mut welcome);
-        self.peers.push(key, &welcome);
+        self.peers.push_frame(key, Frame::Welcome { version: VERSION });
         Ok(())
     }
 
@@ -289,29 +298,19 @@ impl ChannelServer {
     fn flush(&mut self, key: usize) {
         let Some(p) = self.peers.slab.get_mut(key) else { return };
         p.dirty = false;
-        while p.sent < p.out.len() {
-            match p.stream.write(&p.out[p.sent..]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    p.sent += n;
-                    p.bytes_out += n as u64;
-                    p.stalled_since = None;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("{}: write failed: {e}", p.addr);
-                    self.to_close.push(key);
-                    return;
-                }
+        match p.out.write_to(&mut p.stream) {
+            Ok(0) => {}
+            Ok(n) => {
+                p.bytes_out += n as u64;
+                p.stalled_since = None;
+            }
+            Err(e) => {
+                debug!("{}: write failed: {e}", p.addr);
+                self.to_close.push(key);
+                return;
             }
         }
-        if p.sent == p.out.len() {
-            p.out.clear();
-            p.sent = 0;
-            if p.out.capacity() > 1 << 20 {
-                p.out = Vec::new();
-            }
+        if p.out.is_empty() {
             if p.closing && p.linger.is_some() {
                 // The ERROR frame is out: end our side, wait for the peer's.
                 if !p.shut {
@@ -324,11 +323,6 @@ impl ChannelServer {
             } else if p.closing {
                 self.to_close.push(key);
             }
-        } else if p.sent > p.out.len() / 2 {
-            // Keep `out` starting at a frame, so queued frames can be counted.
-            let start = frame_boundary(&p.out, p.sent);
-            p.out.drain(..start);
-            p.sent -= start;
         }
     }
 
@@ -340,11 +334,11 @@ impl ChannelServer {
             if p.closing || p.stalled_since.is_none_or(|t| now - t < STALL_TIMEOUT) {
                 continue;
             }
-            let frames = count_frames(&p.out[frame_boundary(&p.out, p.sent)..]);
+            let frames = p.out.count_frames();
             warn!(
                 "worker at {} read nothing for {STALL_TIMEOUT:?} with {} bytes queued: closing its link, dropping {frames} message(s)",
                 p.addr,
-                p.unsent()
+                p.out.queued()
             );
             self.dropped += frames;
             self.stalled += 1;
@@ -366,6 +360,16 @@ impl ChannelServer {
 }
 
 impl Service for ChannelServer {
+    /// Links are not handed over: workers reconnect to a new channel server.
+    type Handoff = ();
+
+    fn refuse(&mut self, mut stream: TcpStream, limit: usize) {
+        let mut frame = Vec::new();
+        let why = format!("too many connections (limit {limit} per worker)");
+        Frame::Error(why.as_bytes()).encode(&mut frame);
+        let _ = io::Write::write(&mut stream, &frame);
+    }
+
     fn accept(&mut self, reg: &Registry, mut stream: TcpStream, addr: SocketAddr) {
         let entry = self.peers.slab.vacant_entry();
         if let Err(e) = reg.register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE) {
@@ -377,8 +381,7 @@ impl Service for ChannelServer {
             addr,
             id: self.next_id,
             reader: FrameReader::default(),
-            out: Vec::new(),
-            sent: 0,
+            out: Outbound::framed(),
             authed: false,
             topics: Vec::new(),
             closing: false,
@@ -424,7 +427,7 @@ impl Service for ChannelServer {
         let (half, now, was) = (self.peers.max_buffer / 2, Instant::now(), self.peers.congested);
         self.peers.congested = false;
         for (_, p) in self.peers.slab.iter_mut() {
-            if was && p.unsent() > half {
+            if was && p.out.queued() > half {
                 self.peers.congested = true;
                 p.stalled_since.get_or_insert(now);
             } else {
@@ -476,7 +479,7 @@ impl Service for ChannelServer {
             topics: self.topics.len() as u64,
             msgs_in: self.msgs_in,
             msgs_out: self.msgs_out,
-            bytes_queued: self.peers.slab.iter().map(|(_, p)| p.unsent() as u64).sum(),
+            bytes_queued: self.peers.slab.iter().map(|(_, p)| p.out.queued() as u64).sum(),
             dropped: self.dropped,
             slow_consumers: self.stalled,
             link: "-".into(),
@@ -496,70 +499,13 @@ impl Service for ChannelServer {
                 topics: p.topics.iter().map(|t| String::from_utf8_lossy(t).into()).collect(),
                 bytes_in: p.bytes_in,
                 bytes_out: p.bytes_out,
-                queued: p.unsent() as u64,
+                queued: p.out.queued() as u64,
             })
             .collect()
     }
 }
 
-/// The start of the frame that byte `at` of `buf` (which starts at a frame)
-/// belongs to, or `at` itself if a frame starts there.
-fn frame_boundary(buf: &[u8], at: usize) -> usize {
-    let mut pos = 0;
-    while pos + 4 <= buf.len() {
-        let end = pos + encoded_len(&buf[pos..]);
-        if end > at {
-            return pos;
-        }
-        pos = end;
-    }
-    pos
-}
-
-/// How many frames `buf` (starting at a frame) holds.
-fn count_frames(mut buf: &[u8]) -> u64 {
-    let mut n = 0;
-    while buf.len() >= 4 {
-        buf = &buf[encoded_len(buf).min(buf.len())..];
-        n += 1;
-    }
-    n
-}
-
-/// How many publish frames `buf` (whole frames) holds.
-fn count_publishes(mut buf: &[u8]) -> u64 {
-    let mut n = 0;
-    while buf.len() >= 5 {
-        n += u64::from(buf[4] == Frame::PUBLISH_KIND);
-        buf = &buf[encoded_len(buf).min(buf.len())..];
-    }
-    n
-}
-
 /// Compares secrets without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_are_counted_from_the_one_being_written() {
-        let mut buf = Vec::new();
-        for m in [&b"aa"[..], b"bbbb", b"c"] {
-            Frame::Publish { topic: b"t", message: m }.encode(&mut buf);
-        }
-        // Frame lengths on the wire: 4 + 1 + 1 + 1 + len(message) = 9, 11, 8.
-        assert_eq!(frame_boundary(&buf, 0), 0);
-        assert_eq!(frame_boundary(&buf, 8), 0);
-        assert_eq!(frame_boundary(&buf, 9), 9);
-        assert_eq!(frame_boundary(&buf, 25), 20);
-        assert_eq!(count_frames(&buf[frame_boundary(&buf, 10)..]), 2);
-        assert_eq!(count_frames(&buf), 3);
-        Frame::SubAck(b"t").encode(&mut buf);
-        assert_eq!(count_publishes(&buf), 3);
-        assert_eq!(count_publishes(&buf[9..]), 2);
-    }
 }

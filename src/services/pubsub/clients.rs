@@ -1,20 +1,32 @@
-//! One client connection of a pub/sub worker.
+//! The client connections of a pub/sub worker and their send side: replies
+//! in the order of the commands, deliveries, the slow-consumer rule, flushing,
+//! and closing. The work found during an event batch is deferred to its end.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
+use log::{debug, warn};
 use mio::net::TcpStream;
+use serde::{Deserialize, Serialize};
+use slab::Slab;
 
-use super::send_queue::SendQueue;
 use super::topics::TopicId;
 use crate::protocol::line::LineReader;
+use crate::protocol::reply;
+use crate::runtime::outbound::Outbound;
+
+/// How long a client being closed gets to take its last output.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Client {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub id: u64,
     pub reader: LineReader,
-    pub out: SendQueue,
+    pub out: Outbound,
+    pub replies: Replies,
     pub topics: Vec<TopicId>,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -26,15 +38,6 @@ pub struct Client {
     pub input_paused: bool,
     /// Waiting in the list of clients to read again.
     pub unread: bool,
-    /// Replies held back behind a subscription that the channel server has not
-    /// confirmed yet, so that replies come in the order of the commands.
-    pub held: VecDeque<Held>,
-}
-
-pub enum Held {
-    /// The `OK subscribed` of this topic goes here once it is confirmed.
-    Subscription(Box<[u8]>),
-    Text(Vec<u8>),
 }
 
 impl Client {
@@ -44,7 +47,8 @@ impl Client {
             peer,
             id,
             reader: LineReader::default(),
-            out: SendQueue::default(),
+            out: Outbound::default(),
+            replies: Replies::default(),
             topics: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
@@ -52,7 +56,268 @@ impl Client {
             dirty: false,
             input_paused: false,
             unread: false,
-            held: VecDeque::new(),
         }
+    }
+}
+
+/// A client's replies in the order of its commands: the replies that follow
+/// a subscription the channel server has not confirmed yet wait here.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Replies {
+    held: VecDeque<Held>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Held {
+    /// The `OK subscribed` of this topic goes here once it is confirmed.
+    Subscription(Box<[u8]>),
+    Text(Vec<u8>),
+}
+
+impl Replies {
+    /// Queues a reply on `out`, or behind a reply still held. Returns the
+    /// bytes held (they count against the send queue limit).
+    pub fn reply(&mut self, out: &mut Outbound, parts: &[&[u8]]) -> usize {
+        if self.held.is_empty() {
+            out.push(parts);
+            return 0;
+        }
+        if let Some(Held::Text(t)) = self.held.back_mut() {
+            parts.iter().for_each(|p| t.extend_from_slice(p));
+        } else {
+            self.held.push_back(Held::Text(parts.concat()));
+        }
+        self.held.iter().map(|h| if let Held::Text(t) = h { t.len() } else { 0 }).sum()
+    }
+
+    /// Holds the next replies until `topic` is confirmed.
+    pub fn hold(&mut self, topic: &[u8]) {
+        self.held.push_back(Held::Subscription(topic.into()));
+    }
+
+    /// Puts `OK subscribed` in the place held for it and releases what follows
+    /// up to the next subscription still unconfirmed.
+    pub fn confirm(&mut self, out: &mut Outbound, topic: &[u8]) {
+        for h in self.held.iter_mut() {
+            if matches!(h, Held::Subscription(t) if **t == *topic) {
+                *h = Held::Text(reply::subscribed(topic).concat());
+                break;
+            }
+        }
+        while let Some(Held::Text(_)) = self.held.front() {
+            let Some(Held::Text(t)) = self.held.pop_front() else { unreachable!() };
+            out.push(&[&t]);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.held.clear();
+    }
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub msgs_in: u64,
+    pub msgs_out: u64,
+    pub dropped: u64,
+    pub slow_consumers: u64,
+}
+
+/// The clients and the work deferred to the end of the event batch.
+pub struct Clients {
+    pub slab: Slab<Client>,
+    /// Clients with output to write.
+    pub dirty: Vec<usize>,
+    /// Clients with input left unread (backpressure, or their turn ran out).
+    pub unread: Vec<usize>,
+    /// Clients to remove at the end of the batch (never during it, so slab
+    /// keys held in lists and topics stay valid).
+    pub to_close: Vec<usize>,
+    /// Clients being closed: (key, id, when to give up on their output).
+    closing: Vec<(usize, u64, Instant)>,
+    pub max_send_queue: usize,
+    pub counters: Counters,
+}
+
+impl Clients {
+    pub fn new(max_send_queue: usize) -> Clients {
+        Clients {
+            slab: Slab::new(),
+            dirty: Vec::new(),
+            unread: Vec::new(),
+            to_close: Vec::new(),
+            closing: Vec::new(),
+            max_send_queue,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Queues a reply, behind any reply still held for a subscription.
+    pub fn reply(&mut self, key: usize, parts: &[&[u8]]) {
+        let c = &mut self.slab[key];
+        let held = c.replies.reply(&mut c.out, parts);
+        if held > self.max_send_queue {
+            warn!("{} sent commands faster than they could be answered: disconnecting", c.peer);
+            c.replies.clear();
+            c.out.push(&reply::error(reply::TOO_MANY_WAITING));
+            self.close_soon(key);
+        } else if held == 0 {
+            self.check_queue(key);
+        }
+    }
+
+    pub fn error(&mut self, key: usize, why: &str) {
+        self.reply(key, &reply::error(why));
+    }
+
+    /// Holds the client's next replies until `topic` is confirmed.
+    pub fn hold(&mut self, key: usize, topic: &[u8]) {
+        self.slab[key].replies.hold(topic);
+    }
+
+    /// The channel server confirmed the client's subscription to `topic`.
+    pub fn confirm(&mut self, key: usize, topic: &[u8]) {
+        let c = &mut self.slab[key];
+        c.replies.confirm(&mut c.out, topic);
+        mark_dirty(&mut self.dirty, c, key);
+    }
+
+    /// Closes the client once its last output is written, or after
+    /// CLOSE_GRACE if it does not take it (a client that stopped reading).
+    pub fn close_soon(&mut self, key: usize) {
+        let c = &mut self.slab[key];
+        c.closing = true;
+        self.closing.push((key, c.id, Instant::now() + CLOSE_GRACE));
+        mark_dirty(&mut self.dirty, c, key);
+    }
+
+    /// Closes the clients whose grace has run out; returns the next deadline.
+    pub fn expire_closing(&mut self, now: Instant) -> Option<Instant> {
+        let (slab, to_close) = (&self.slab, &mut self.to_close);
+        self.closing.retain(|&(key, id, deadline)| {
+            let same = slab.get(key).is_some_and(|c| c.id == id);
+            if same && deadline <= now {
+                debug!("{}: did not take its last output in {CLOSE_GRACE:?}; closing", slab[key].peer);
+                to_close.push(key);
+            }
+            same && deadline > now
+        });
+        self.closing.iter().map(|c| c.2).min()
+    }
+
+    /// Queues a shared batch of `msgs` lines for one subscriber; a slow one
+    /// is cut off (`check_queue`) and the others are not held back.
+    pub fn deliver(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) {
+        let c = &mut self.slab[key];
+        if c.closing {
+            self.counters.dropped += u64::from(msgs);
+            return;
+        }
+        c.out.push_shared(bytes, msgs);
+        self.counters.msgs_out += u64::from(msgs);
+        self.check_queue(key);
+    }
+
+    /// Marks a client for flushing. One whose queue is over the limit is a
+    /// slow consumer: what it has not started to receive is dropped, it gets a
+    /// last `ERR slow consumer` line and is disconnected. (Replies count too: a
+    /// client that sends commands and never reads their answers is one.)
+    fn check_queue(&mut self, key: usize) {
+        let c = &mut self.slab[key];
+        if c.out.queued() > self.max_send_queue && !c.closing {
+            self.counters.dropped += c.out.discard_unsent();
+            self.counters.slow_consumers += 1;
+            warn!("{} is a slow consumer (over {} bytes queued): disconnecting", c.peer, self.max_send_queue);
+            c.out.push(&reply::error(&reply::slow_consumer(self.max_send_queue)));
+            return self.close_soon(key);
+        }
+        mark_dirty(&mut self.dirty, c, key);
+    }
+
+    /// Writes what the client has queued, as far as its socket takes it.
+    pub fn flush(&mut self, key: usize) {
+        let Some(c) = self.slab.get_mut(key) else { return };
+        c.dirty = false;
+        match c.out.write_to(&mut c.stream) {
+            Ok(n) => {
+                c.bytes_out += n as u64;
+                if c.closing && c.out.is_empty() {
+                    self.to_close.push(key);
+                }
+                if c.input_paused && c.out.queued() <= self.max_send_queue / 4 {
+                    c.input_paused = false;
+                    self.read_later(key);
+                }
+            }
+            Err(e) => {
+                debug!("{}: write failed: {e}", c.peer);
+                self.to_close.push(key);
+            }
+        }
+    }
+
+    /// Remembers to read a client again at the end of the batch. (A key left
+    /// here by a client since closed is harmless: its successor is just read.)
+    pub fn read_later(&mut self, key: usize) {
+        if let Some(c) = self.slab.get_mut(key).filter(|c| !c.unread) {
+            c.unread = true;
+            self.unread.push(key);
+        }
+    }
+
+    /// Stop reading; close every client once its output is written.
+    pub fn close_all(&mut self) {
+        for (key, c) in self.slab.iter_mut() {
+            c.closing = true;
+            mark_dirty(&mut self.dirty, c, key);
+        }
+    }
+}
+
+pub fn mark_dirty(dirty: &mut Vec<usize>, c: &mut Client, key: usize) {
+    if !c.dirty {
+        c.dirty = true;
+        dirty.push(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(out: &Outbound) -> String {
+        String::from_utf8(out.parts().0).unwrap()
+    }
+
+    /// Replies come in the order of the commands: those after an unconfirmed
+    /// subscribe wait for it, and its `OK subscribed` takes the place held.
+    #[test]
+    fn replies_wait_behind_an_unconfirmed_subscription() {
+        let (mut r, mut out) = (Replies::default(), Outbound::default());
+        assert_eq!(r.reply(&mut out, &[reply::PONG]), 0);
+        r.hold(b"a");
+        assert_eq!(r.reply(&mut out, &reply::subscribed(b"b")), 16);
+        r.hold(b"c");
+        assert_eq!(r.reply(&mut out, &[reply::PONG]), 21);
+        assert_eq!(text(&out), "PONG\n");
+        // c is confirmed first: nothing moves, a is still ahead of it.
+        r.confirm(&mut out, b"c");
+        assert_eq!(text(&out), "PONG\n");
+        r.confirm(&mut out, b"a");
+        assert_eq!(text(&out), "PONG\nOK subscribed a\nOK subscribed b\nOK subscribed c\nPONG\n");
+        // Nothing held: straight out.
+        assert_eq!(r.reply(&mut out, &[reply::BYE]), 0);
+        assert!(text(&out).ends_with("PONG\nBye\n"));
+    }
+
+    #[test]
+    fn a_confirmation_for_nothing_held_changes_nothing() {
+        let (mut r, mut out) = (Replies::default(), Outbound::default());
+        r.hold(b"a");
+        r.reply(&mut out, &[reply::PONG]);
+        r.confirm(&mut out, b"zzz");
+        assert!(out.is_empty());
+        r.confirm(&mut out, b"a");
+        assert_eq!(text(&out), "OK subscribed a\nPONG\n");
     }
 }

@@ -10,8 +10,6 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
-use super::handoff::TopicState;
-
 pub type TopicId = usize;
 
 #[derive(Debug)]
@@ -22,9 +20,9 @@ pub struct Topic {
     /// Connections waiting for the channel server's acknowledgement.
     pub waiting: Vec<usize>,
     /// A SUB has been sent since the last UNSUB (on this link).
-    remote: bool,
+    pub(super) remote: bool,
     /// SUBs sent on this link not yet acknowledged.
-    acks_pending: u32,
+    pub(super) acks_pending: u32,
     /// Lines received for this topic in the current read of the link, delivered
     /// to every subscriber as one shared chunk.
     pub batch: Vec<u8>,
@@ -144,34 +142,14 @@ impl Topics {
         resubscribe
     }
 
-    /// Every topic with its remote state, subscribers mapped through `id`.
-    pub fn export(&self, id: impl Fn(usize) -> u64) -> Vec<TopicState> {
-        let ids = |v: &Vec<usize>| v.iter().map(|k| id(*k)).collect();
-        self.topics
-            .iter()
-            .map(|(_, t)| TopicState {
-                name: t.name.to_vec(),
-                subscribers: ids(&t.subscribers),
-                waiting: ids(&t.waiting),
-                remote: t.remote,
-                acks_pending: t.acks_pending,
-            })
-            .collect()
+    pub fn iter(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.iter().map(|(_, t)| t)
     }
 
-    /// Restores a topic exported by a predecessor, subscribers mapped through `key`.
-    pub fn import(&mut self, t: TopicState, key: impl Fn(u64) -> Option<usize>) -> TopicId {
-        let keys = |v: Vec<u64>| v.into_iter().filter_map(&key).collect();
-        let name: Box<[u8]> = t.name.into();
-        let id = self.topics.insert(Topic {
-            name: name.clone(),
-            subscribers: keys(t.subscribers),
-            waiting: keys(t.waiting),
-            remote: t.remote,
-            acks_pending: t.acks_pending,
-            batch: Vec::new(),
-            batch_msgs: 0,
-        });
+    /// Adds a topic restored by a handoff.
+    pub(super) fn insert(&mut self, t: Topic) -> TopicId {
+        let name = t.name.clone();
+        let id = self.topics.insert(t);
         self.by_name.insert(name, id);
         id
     }

@@ -1,0 +1,462 @@
+//! THE output queue of every connection: a client's line output, a link's
+//! frames (the worker's link, the channel server's peers) and the JSON lines
+//! between the master and its workers. One type, as NATS has one `outbound`
+//! for clients, routes and gateways.
+//!
+//! Bytes wait in chunks. A chunk is either owned by this queue, or a batch
+//! shared with other queues: a batch of messages for one topic is encoded
+//! once per worker into an `Rc<[u8]>`, and each subscriber's queue holds a
+//! reference to it, so fanning a batch out to N subscribers costs N
+//! reference-count increments and no copy. A flush writes up to 1024 chunks
+//! per `writev` (`send` when there is one), handling short writes.
+//!
+//! A framed queue (`Outbound::framed`) holds whole frames of the channel
+//! protocol in one owned chunk, cut only at frame starts, so it always begins
+//! with a whole frame: after a broken link the publishes not yet started can
+//! be picked out and resent, a handoff can tell its successor how much of the
+//! first frame went out, and queued frames can be counted. What a frame is,
+//! is asked of `protocol::frame`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+use crate::protocol::frame;
+
+/// Linux rejects more slices than this in one `writev`.
+const MAX_IOV: usize = 1024;
+/// Small owned pieces are copied into one chunk up to this size (line queues).
+const OWNED_CHUNK: usize = 4096;
+/// Largest emptied buffer a framed queue keeps for its next frames.
+const SPARE: usize = 1 << 20;
+
+#[derive(Debug)]
+enum Chunk {
+    /// A batch of `msgs` messages shared with other queues.
+    Shared { bytes: Rc<[u8]>, msgs: u32 },
+    /// Bytes of this queue only (replies, frames, control lines).
+    Owned(Vec<u8>),
+}
+
+/// The unwritten part of chunk `i` (the front one is `head` bytes in), at
+/// most `limit` bytes of it.
+fn slice(i: usize, c: &Chunk, head: usize, limit: usize) -> IoSlice<'_> {
+    let b = &c.bytes()[if i == 0 { head } else { 0 }..];
+    IoSlice::new(&b[..b.len().min(limit)])
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Shared { bytes, .. } => bytes,
+            Chunk::Owned(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Outbound {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    head: usize,
+    /// Bytes not yet written.
+    queued: usize,
+    /// Holds whole frames: one owned chunk, cut only at frame starts.
+    framed: bool,
+    /// A framed queue's buffer, kept empty between bursts (up to `SPARE`).
+    spare: Vec<u8>,
+}
+
+impl Outbound {
+    /// A queue of channel-protocol frames.
+    pub fn framed() -> Outbound {
+        Outbound { framed: true, ..Outbound::default() }
+    }
+
+    /// A queue taken over from another process: `bytes`, of which the first
+    /// `written` were already sent (see `parts`).
+    pub fn from_parts(bytes: Vec<u8>, written: usize, framed: bool) -> Outbound {
+        let mut q = Outbound { framed, ..Outbound::default() };
+        if !bytes.is_empty() {
+            q.head = written.min(bytes.len());
+            q.queued = bytes.len() - q.head;
+            q.chunks.push_back(Chunk::Owned(bytes));
+        }
+        q
+    }
+
+    /// What a successor needs to carry on: the bytes not yet written (in a
+    /// framed queue, from the start of the frame being written), and how many
+    /// of them were written already.
+    pub fn parts(&self) -> (Vec<u8>, usize) {
+        let Some(front) = self.chunks.front() else { return (Vec::new(), 0) };
+        let cut = if self.framed { frame::start_of(front.bytes(), self.head) } else { self.head };
+        let mut out = Vec::with_capacity(self.queued + self.head - cut);
+        out.extend_from_slice(&front.bytes()[cut..]);
+        self.chunks.iter().skip(1).for_each(|c| out.extend_from_slice(c.bytes()));
+        (out, self.head - cut)
+    }
+
+    /// Bytes not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// Queues a batch shared with other queues (never in a framed queue).
+    pub fn push_shared(&mut self, bytes: &Rc<[u8]>, msgs: u32) {
+        debug_assert!(!self.framed);
+        self.queued += bytes.len();
+        self.chunks.push_back(Chunk::Shared { bytes: Rc::clone(bytes), msgs });
+    }
+
+    /// Appends bytes (in a framed queue, whole frames), copying them into the
+    /// last owned chunk when there is room.
+    pub fn push(&mut self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.queued += len;
+        let framed = self.framed;
+        let fits = |v: &Vec<u8>| framed || v.len() + len <= OWNED_CHUNK;
+        // The front chunk may be partly written; appending to it is still fine.
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(v)) if fits(v) => parts.iter().for_each(|p| v.extend_from_slice(p)),
+            _ => {
+                let mut v = if framed { std::mem::take(&mut self.spare) } else { Vec::with_capacity(len) };
+                parts.iter().for_each(|p| v.extend_from_slice(p));
+                self.chunks.push_back(Chunk::Owned(v));
+            }
+        }
+    }
+
+    /// Appends one frame to a framed queue.
+    pub fn push_frame(&mut self, f: frame::Frame<'_>) {
+        debug_assert!(self.framed);
+        let before = self.len_owned_back();
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(v)) => f.encode(v),
+            _ => {
+                let mut v = std::mem::take(&mut self.spare);
+                f.encode(&mut v);
+                self.chunks.push_back(Chunk::Owned(v));
+            }
+        }
+        self.queued += self.len_owned_back() - before;
+    }
+
+    fn len_owned_back(&self) -> usize {
+        match self.chunks.back() {
+            Some(Chunk::Owned(v)) => v.len(),
+            _ => 0,
+        }
+    }
+
+    /// Puts bytes ahead of everything queued; only before anything is written.
+    pub fn push_front(&mut self, bytes: Vec<u8>) {
+        debug_assert_eq!(self.head, 0);
+        self.queued += bytes.len();
+        match self.chunks.front_mut() {
+            Some(Chunk::Owned(v)) if self.framed => drop(v.splice(..0, bytes)),
+            _ => self.chunks.push_front(Chunk::Owned(bytes)),
+        }
+    }
+
+    /// Drops everything not yet started, keeping the rest of what is being
+    /// written (a chunk of lines, or a frame) so the stream stays whole.
+    /// Returns the messages dropped: shared batches' messages, or publishes.
+    pub fn discard_unsent(&mut self) -> u64 {
+        if self.framed {
+            let Some(Chunk::Owned(v)) = self.chunks.front_mut() else { return 0 };
+            let keep = frame::end_of(v, self.head);
+            let dropped = frame::count_publishes(&v[keep..]);
+            v.truncate(keep);
+            self.queued = keep - self.head;
+            return dropped;
+        }
+        let keep = usize::from(self.head > 0);
+        let mut dropped = 0;
+        for c in self.chunks.drain(keep..) {
+            self.queued -= c.bytes().len();
+            if let Chunk::Shared { msgs, .. } = c {
+                dropped += u64::from(msgs);
+            }
+        }
+        dropped
+    }
+
+    /// After a broken link (framed): keeps only the publishes not yet
+    /// started, for the next connection. Returns how many publishes were lost:
+    /// a frame cut in half cannot be resent.
+    pub fn keep_unstarted_publishes(&mut self) -> u64 {
+        let Some(Chunk::Owned(v)) = self.chunks.front() else { return 0 };
+        let (kept, lost) = frame::unstarted_publishes(v, self.head);
+        *self = Outbound::from_parts(kept, 0, true);
+        lost
+    }
+
+    /// Frames not yet written in full, the one being written included (framed).
+    pub fn count_frames(&self) -> u64 {
+        match self.chunks.front() {
+            Some(c) => frame::count(&c.bytes()[frame::start_of(c.bytes(), self.head)..]),
+            None => 0,
+        }
+    }
+
+    /// Writes until the queue is empty or the socket is full. Returns the bytes
+    /// written; `WouldBlock` is not an error here: check `is_empty`.
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        self.write_until(w, usize::MAX)
+    }
+
+    /// Like `write_to`, but with `hold_publishes` (framed) only what comes
+    /// before the first publish not yet started.
+    pub fn write_frames(&mut self, w: &mut impl Write, hold_publishes: bool) -> io::Result<usize> {
+        let limit = match (hold_publishes, self.chunks.front()) {
+            (true, Some(c)) => frame::first_unstarted_publish(c.bytes(), self.head) - self.head,
+            _ => usize::MAX,
+        };
+        self.write_until(w, limit)
+    }
+
+    /// Writes at most `limit` bytes.
+    fn write_until(&mut self, w: &mut impl Write, mut limit: usize) -> io::Result<usize> {
+        let mut total = 0;
+        while self.queued > 0 && limit > 0 {
+            let n = {
+                let (head, mut left) = (self.head, limit);
+                let mut slices = self.chunks.iter().take(MAX_IOV).enumerate().map_while(|(i, c)| {
+                    let s = slice(i, c, head, left);
+                    left -= s.len();
+                    (!s.is_empty()).then_some(s)
+                });
+                let mut small = [IoSlice::new(&[]); 64];
+                let big: Vec<IoSlice<'_>>;
+                let slices: &[IoSlice<'_>] = if self.chunks.len() <= small.len() {
+                    let n = small.iter_mut().zip(&mut slices).map(|(to, s)| *to = s).count();
+                    &small[..n]
+                } else {
+                    // A subscriber that has fallen behind: rare, so allocating is fine.
+                    big = slices.collect();
+                    &big
+                };
+                // One chunk (the usual case for an idle subscriber): send(2) skips
+                // writev's file-layer work, a few percent of a loopback send.
+                let written = match slices {
+                    [one] => w.write(one),
+                    _ => w.write_vectored(slices),
+                };
+                match written {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            total += n;
+            limit = limit.saturating_sub(n);
+            self.consume(n);
+        }
+        Ok(total)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let left = self.chunks[0].bytes().len() - self.head;
+            if n < left {
+                self.head += n;
+                break;
+            }
+            n -= left;
+            self.head = 0;
+            self.pop_front();
+        }
+        while self.chunks.front().is_some_and(|c| c.bytes().len() == self.head) {
+            self.pop_front();
+            self.head = 0;
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > 64 {
+            self.chunks = VecDeque::new(); // an idle connection holds nothing
+        }
+        if let Some(Chunk::Owned(v)) = self.chunks.front_mut().filter(|_| self.framed) {
+            // Keep a framed buffer from growing while its front is written.
+            if self.head > v.len() / 2 {
+                let cut = frame::start_of(v, self.head);
+                v.drain(..cut);
+                self.head -= cut;
+            }
+        }
+    }
+
+    /// Drops the written front chunk; a framed queue keeps its buffer.
+    fn pop_front(&mut self) {
+        if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
+            if self.framed && v.capacity() <= SPARE {
+                v.clear();
+                self.spare = v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{Frame, FrameReader};
+
+    /// A writer that takes at most `max` bytes per call, then blocks after `limit`.
+    struct Trickle {
+        got: Vec<u8>,
+        max: usize,
+        limit: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.got.len() >= self.limit {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(self.max).min(self.limit - self.got.len());
+            self.got.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn socket(limit: usize) -> Trickle {
+        Trickle { got: Vec::new(), max: usize::MAX, limit }
+    }
+
+    #[test]
+    fn short_writes_keep_order() {
+        let mut q = Outbound::default();
+        let shared: Rc<[u8]> = Rc::from(&b"m1\nm2\n"[..]);
+        q.push(&[b"OK ", b"a\n"]);
+        q.push_shared(&shared, 2);
+        q.push(&[b"PONG\n"]);
+        for _ in 0..2000 {
+            q.push_shared(&shared, 2);
+        }
+        let mut w = Trickle { got: Vec::new(), max: 7, limit: 20 };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(q.queued(), 5 + 6 + 5 + 2000 * 6 - 20);
+        w.limit = usize::MAX;
+        q.write_to(&mut w).unwrap();
+        assert!(q.is_empty());
+        let mut want = b"OK a\nm1\nm2\nPONG\n".to_vec();
+        (0..2000).for_each(|_| want.extend_from_slice(b"m1\nm2\n"));
+        assert_eq!(w.got, want);
+    }
+
+    #[test]
+    fn discard_keeps_partial_head() {
+        let mut q = Outbound::default();
+        let shared: Rc<[u8]> = Rc::from(&b"abcdef\n"[..]);
+        q.push_shared(&shared, 1);
+        q.push_shared(&shared, 1);
+        q.push_shared(&shared, 1);
+        let mut w = Trickle { got: Vec::new(), max: 3, limit: 3 };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(q.discard_unsent(), 2);
+        q.push(&[b"ERR slow consumer\n"]);
+        w.limit = usize::MAX;
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.got, b"abcdef\nERR slow consumer\n");
+    }
+
+    #[test]
+    fn a_taken_over_queue_goes_on_where_the_socket_stopped() {
+        let mut q = Outbound::default();
+        q.push(&[b"hello\n", b"world\n"]);
+        let mut w = socket(3);
+        q.write_to(&mut w).unwrap();
+        let (bytes, written) = q.parts();
+        assert_eq!((bytes.as_slice(), written), (&b"lo\nworld\n"[..], 0));
+        let mut q = Outbound::from_parts(bytes, written, false);
+        w.limit = usize::MAX;
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.got, b"hello\nworld\n");
+    }
+
+    fn publishes(buf: &[u8]) -> Vec<Vec<u8>> {
+        let mut r = FrameReader::with_bytes(buf.to_vec());
+        let mut out = Vec::new();
+        while let Some((f, _)) = r.next_frame().unwrap() {
+            match f {
+                Frame::Publish { message, .. } => out.push(message.to_vec()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(r.unparsed().is_empty(), "a partial frame");
+        out
+    }
+
+    /// Writes stop inside a frame, more than half the buffer is cut away, and
+    /// then the link breaks: what is kept is exactly the whole publishes not
+    /// yet started, and the stream written so far plus a successor's share is
+    /// the whole stream.
+    #[test]
+    fn cut_mid_frame_then_broken() {
+        for budget in [1, 7, 100, 151, 599, 1000] {
+            let mut q = Outbound::framed();
+            let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'a' + i; 50 + i as usize]).collect();
+            for m in &msgs {
+                q.push_frame(Frame::Publish { topic: b"t", message: m });
+            }
+            let total = q.queued();
+            let mut sock = socket(budget);
+            q.write_frames(&mut sock, false).unwrap();
+            let (rest, written) = q.parts();
+            assert_eq!(sock.got.len() + rest.len() - written, total, "budget {budget}");
+            assert_eq!(written, sock.got.len() - (total - rest.len()));
+            let started = msgs.len() - publishes(&rest).len() + usize::from(written > 0);
+            assert_eq!(q.count_frames(), publishes(&rest).len() as u64);
+            let lost = q.keep_unstarted_publishes();
+            assert_eq!(lost, u64::from(written > 0), "budget {budget}");
+            let kept = publishes(&q.parts().0);
+            assert_eq!(kept, msgs[started..].to_vec(), "budget {budget}");
+        }
+    }
+
+    #[test]
+    fn holding_writes_only_what_precedes_the_first_publish() {
+        let mut q = Outbound::framed();
+        q.push_frame(Frame::Publish { topic: b"t", message: b"held" });
+        let mut head = Vec::new();
+        Frame::Sub(b"t").encode(&mut head);
+        q.push_front(head.clone());
+        let mut sock = socket(usize::MAX);
+        q.write_frames(&mut sock, true).unwrap();
+        assert_eq!(sock.got, head);
+        assert_eq!(q.write_frames(&mut sock, true).unwrap(), 0);
+        q.write_frames(&mut sock, false).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(publishes(&sock.got[head.len()..]), vec![b"held".to_vec()]);
+    }
+
+    /// A link closed for breaking the protocol: the frame being written is
+    /// finished, what follows is dropped and its publishes counted.
+    #[test]
+    fn discarding_frames_keeps_the_one_being_written() {
+        let mut q = Outbound::framed();
+        for m in [&b"aa"[..], b"bbbb", b"c"] {
+            q.push_frame(Frame::Publish { topic: b"t", message: m });
+        }
+        q.push_frame(Frame::SubAck(b"t"));
+        let mut sock = socket(3);
+        q.write_frames(&mut sock, false).unwrap();
+        assert_eq!(q.discard_unsent(), 2);
+        q.push_frame(Frame::Error(b"bye"));
+        sock.limit = usize::MAX;
+        q.write_frames(&mut sock, false).unwrap();
+        let mut want = Vec::new();
+        Frame::Publish { topic: b"t", message: b"aa" }.encode(&mut want);
+        Frame::Error(b"bye").encode(&mut want);
+        assert_eq!(sock.got, want);
+    }
+}

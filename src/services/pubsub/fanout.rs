@@ -1,0 +1,89 @@
+//! From the link to the subscribers: the frames the channel server sent are
+//! gathered per topic into one batch per read, encoded once as delivery lines
+//! into a shared buffer, and queued by reference for every local subscriber.
+//! No socket I/O here: the frames are already read, the queues are flushed later.
+
+use std::rc::Rc;
+
+use log::error;
+
+use super::clients::Clients;
+use super::link::{Link, LinkError};
+use super::topics::{TopicId, Topics};
+use crate::protocol::frame::Frame;
+use crate::protocol::reply;
+
+/// Topics with a batch of lines waiting to be delivered.
+#[derive(Default)]
+pub struct Batches {
+    touched: Vec<TopicId>,
+}
+
+impl Batches {
+    /// Handles every whole frame the link has read. Lines for one topic are
+    /// gathered into that topic's batch and delivered once per read.
+    pub fn on_frames(&mut self, link: &mut Link, topics: &mut Topics, clients: &mut Clients) -> Result<(), LinkError> {
+        loop {
+            let frame = match link.reader.next_frame() {
+                Ok(Some((frame, _))) => frame,
+                Ok(None) => break,
+                Err(e) => return Err(LinkError::BadFrame(e)),
+            };
+            match frame {
+                Frame::Publish { topic, message } => {
+                    // Runs of one topic are the common case: skip the hash.
+                    let id = match self.touched.last() {
+                        Some(&id) if *topics.get(id).name == *topic => id,
+                        _ => match topics.find(topic) {
+                            Some(id) => id,
+                            None => continue,
+                        },
+                    };
+                    let t = topics.get_mut(id);
+                    if t.subscribers.is_empty() {
+                        continue;
+                    }
+                    if t.batch.is_empty() {
+                        self.touched.push(id);
+                    }
+                    reply::received(&mut t.batch, topic, message);
+                    t.batch_msgs += 1;
+                }
+                Frame::SubAck(topic) => {
+                    // Subscribers confirmed now must not get lines from before.
+                    self.deliver(topics, clients);
+                    if let Some((_, confirmed)) = topics.acknowledge(topic) {
+                        for key in confirmed {
+                            clients.confirm(key, topic);
+                        }
+                    }
+                }
+                Frame::Welcome { .. } => link.welcomed(),
+                Frame::Error(why) => {
+                    let why = String::from_utf8_lossy(why).into_owned();
+                    error!("the channel server refused this worker: {why}");
+                    return Err(LinkError::Refused(why));
+                }
+                other => return Err(LinkError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        self.deliver(topics, clients);
+        Ok(())
+    }
+
+    /// Encodes each touched topic's batch once and queues it for every subscriber.
+    fn deliver(&mut self, topics: &mut Topics, clients: &mut Clients) {
+        for id in self.touched.drain(..) {
+            let t = topics.get_mut(id);
+            let bytes: Rc<[u8]> = Rc::from(t.batch.as_slice());
+            let msgs = std::mem::take(&mut t.batch_msgs);
+            t.batch.clear();
+            if t.batch.capacity() > 1 << 20 {
+                t.batch = Vec::new();
+            }
+            for &key in &t.subscribers {
+                clients.deliver(key, &bytes, msgs);
+            }
+        }
+    }
+}
