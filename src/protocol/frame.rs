@@ -339,6 +339,33 @@ mod tests {
         assert!(decode_all(&[&[0, 0, 0, 1, SUB]]).is_err());
     }
 
+    #[test]
+    fn queued_frames_are_walked_from_their_starts() {
+        let mut buf = Vec::new();
+        for m in [&b"aa"[..], b"bbbb", b"c"] {
+            Frame::Publish { topic: b"t", message: m }.encode(&mut buf);
+        }
+        Frame::SubAck(b"t").encode(&mut buf);
+        Frame::Publish { topic: b"t", message: b"d" }.encode(&mut buf);
+        // Frame lengths on the wire: 4 + 1 + 1 + 1 + len(message) = 9, 11, 8; SUBACK 6; 8.
+        assert_eq!(start_of(&buf, 0), 0);
+        assert_eq!(start_of(&buf, 8), 0);
+        assert_eq!(start_of(&buf, 9), 9);
+        assert_eq!(start_of(&buf, 25), 20);
+        assert_eq!((end_of(&buf, 0), end_of(&buf, 3), end_of(&buf, 9)), (0, 9, 9));
+        assert_eq!(count(&buf[start_of(&buf, 10)..]), 4);
+        assert_eq!(count(&buf), 5);
+        assert_eq!(count_publishes(&buf), 4);
+        assert_eq!(count_publishes(&buf[9..]), 3);
+        // Held publishes: the SUBACK after the one being written may go first.
+        assert_eq!(first_unstarted_publish(&buf, 0), 0);
+        assert_eq!(first_unstarted_publish(&buf, 21), 34);
+        let (kept, lost) = unstarted_publishes(&buf, 21);
+        assert_eq!((kept.as_slice(), lost), (&buf[34..], 1));
+        let (kept, lost) = unstarted_publishes(&buf, 20);
+        assert_eq!((kept.len(), lost), (16, 0));
+    }
+
     proptest! {
         // Arbitrary bytes in arbitrary pieces: decoding never panics and gives
         // the same verdict however the input is split.

@@ -109,3 +109,102 @@ impl PubSub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PubSubConfig;
+    use crate::protocol::frame::FrameReader;
+    use crate::runtime::event_loop::Service;
+
+    /// A pub/sub service with one client (key 0), driven without a channel
+    /// server: the client's socket is one end of a loopback pair, the link is
+    /// never connected, and the frames it would receive are put in its reader.
+    fn service_with_client() -> (PubSub, mio::Poll, std::net::TcpStream) {
+        let cfg = PubSubConfig {
+            channel: "127.0.0.1:9".parse().unwrap(),
+            topic: "topic1".into(),
+            max_line: 1024,
+            max_send_queue: 1 << 20,
+            max_link_buffer: 4 << 20,
+            secret_file: None,
+        };
+        let mut svc = PubSub::new("Test", cfg, Vec::new());
+        let poll = mio::Poll::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let far = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (near, peer) = listener.accept().unwrap();
+        near.set_nonblocking(true).unwrap();
+        svc.accept(poll.registry(), mio::net::TcpStream::from_std(near), peer);
+        (svc, poll, far)
+    }
+
+    fn type_line(svc: &mut PubSub, text: &str) {
+        svc.on_line(0, Line::Text(text.as_bytes()));
+    }
+
+    /// What the client has queued, and not yet been sent, as text.
+    fn queued(svc: &PubSub) -> String {
+        String::from_utf8(svc.clients.slab[0].out.parts().0).unwrap()
+    }
+
+    /// The channel server sends these frames.
+    fn receive(svc: &mut PubSub, frames: &[Frame<'_>]) {
+        let mut bytes = Vec::new();
+        frames.iter().for_each(|f| f.encode(&mut bytes));
+        svc.link.reader = FrameReader::with_bytes(bytes);
+        svc.batches.on_frames(&mut svc.link, &mut svc.topics, &mut svc.clients).unwrap();
+    }
+
+    #[test]
+    fn replies_follow_the_commands_and_wait_for_confirmations() {
+        let (mut svc, _poll, _far) = service_with_client();
+        type_line(&mut svc, "sub a b");
+        type_line(&mut svc, "ping");
+        assert_eq!(queued(&svc), "Welcome to Test\n");
+        receive(&mut svc, &[Frame::SubAck(b"a")]);
+        assert_eq!(queued(&svc), "Welcome to Test\nOK subscribed a\n");
+        // A message for a confirmed topic is delivered; b is still unconfirmed.
+        receive(&mut svc, &[Frame::Publish { topic: b"a", message: b"x" }, Frame::SubAck(b"b")]);
+        assert_eq!(queued(&svc), "Welcome to Test\nOK subscribed a\nReceived [a]: x\nOK subscribed b\nPONG\n");
+        // Subscribing again is answered at once; unsubscribing from all names each.
+        type_line(&mut svc, "SUBSCRIBE a");
+        type_line(&mut svc, "unsub");
+        assert!(queued(&svc).ends_with("PONG\nOK subscribed a\nOK unsubscribed a\nOK unsubscribed b\n"));
+        assert_eq!((svc.topics.find(b"a"), svc.topics.find(b"b")), (None, None), "nothing left to track");
+        type_line(&mut svc, "unsub");
+        assert!(queued(&svc).ends_with("ERR not subscribed to any topic\n"));
+    }
+
+    #[test]
+    fn publishes_go_to_the_link_and_bad_commands_get_one_err_line() {
+        let (mut svc, _poll, _far) = service_with_client();
+        type_line(&mut svc, "publish hello  world");
+        type_line(&mut svc, "pub t2 x");
+        assert_eq!(svc.clients.counters.msgs_in, 2);
+        let mut frames = FrameReader::with_bytes(svc.link.out.parts().0);
+        let mut got = Vec::new();
+        while let Some((f, _)) = frames.next_frame().unwrap() {
+            got.push(format!("{f:?}"));
+        }
+        let want = [
+            Frame::Publish { topic: b"topic1", message: b"hello  world" },
+            Frame::Publish { topic: b"t2", message: b"x" },
+        ];
+        assert_eq!(got, want.map(|f| format!("{f:?}")));
+        type_line(&mut svc, "frobnicate");
+        let many = (0..=MAX_SUBSCRIPTIONS).map(|i| format!("t{i}")).collect::<Vec<_>>().join(" ");
+        type_line(&mut svc, &format!("sub {many}"));
+        svc.on_line(0, Line::TooLong);
+        let lines: Vec<String> = queued(&svc).lines().skip(1).map(String::from).collect();
+        assert_eq!(
+            lines,
+            [
+                "ERR unknown command 'frobnicate' (type help for the list)",
+                "ERR too many subscriptions (max 1024 per connection)",
+                "ERR line too long (max 1024 bytes)",
+            ]
+        );
+        assert_eq!(svc.topics.iter().count(), 0, "a refused subscribe is refused whole");
+    }
+}
