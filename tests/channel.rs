@@ -42,9 +42,9 @@ fn a_worker_that_stops_reading_is_cut_off_and_others_keep_receiving() {
         }
         p.send_bytes(batch.as_bytes());
         for i in sent..sent + 100 {
-            let line = reader.try_line().unwrap_or_else(|| {
-                panic!("message {i} never came\n{}\n{}\n{}", ch.status(), ch.log(), sub.log())
-            });
+            let line = reader
+                .try_line()
+                .unwrap_or_else(|| panic!("message {i} never came\n{}\n{}\n{}", ch.status(), ch.log(), sub.log()));
             assert!(line.starts_with(&format!("Received [topic1]: {i} ")), "{}", &line[..40.min(line.len())]);
         }
         sent += 100;

@@ -185,7 +185,8 @@ fn graceful_stop_delivers_and_leaves_nothing() {
 fn second_start_is_refused_and_stop_when_stopped_is_ok() {
     let dir = tempfile::tempdir().unwrap();
     let ch = Server::start("channel-server", dir.path(), &[]);
-    let out = cli("channel-server", &["start", "-d", "--listen", "127.0.0.1:0", "--pid-file", ch.pid_file.to_str().unwrap()]);
+    let out =
+        cli("channel-server", &["start", "-d", "--listen", "127.0.0.1:0", "--pid-file", ch.pid_file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
     let pid_file = ch.pid_file.clone();
@@ -248,9 +249,14 @@ fn channel_secret_is_enforced() {
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "nope\n").unwrap();
     let ch = Server::start("channel-server", dir.path(), &["--secret-file", secret.to_str().unwrap()]);
-    let good = Server::start("subscriber", dir.path(), &["--channel", &ch.addr, "--secret-file", secret.to_str().unwrap()]);
+    let good =
+        Server::start("subscriber", dir.path(), &["--channel", &ch.addr, "--secret-file", secret.to_str().unwrap()]);
     good.wait_linked();
-    let bad = Server::start("data-source", dir.path(), &["--channel", &ch.addr, "--count", "1", "--secret-file", wrong.to_str().unwrap()]);
+    let bad = Server::start(
+        "data-source",
+        dir.path(),
+        &["--channel", &ch.addr, "--count", "1", "--secret-file", wrong.to_str().unwrap()],
+    );
     let deadline = Instant::now() + WAIT;
     while !ch.log().contains("wrong secret") {
         assert!(Instant::now() < deadline, "the channel server did not refuse the wrong secret");

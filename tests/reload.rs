@@ -52,7 +52,8 @@ fn reload_under_load_loses_and_disconnects_nothing() {
     let new_sources = c.source.worker_pids();
     assert!(new_subscribers.iter().all(|p| !old_subscribers.contains(p)));
     assert!(new_sources.iter().all(|p| !old_sources.contains(p)));
-    let conns: serde_json::Value = serde_json::from_slice(&c.subscriber.cmd("connections", &["--json"]).stdout).unwrap();
+    let conns: serde_json::Value =
+        serde_json::from_slice(&c.subscriber.cmd("connections", &["--json"]).stdout).unwrap();
     assert_eq!(conns.as_array().unwrap().len(), 11, "every subscriber connection survived");
     c.stop();
 }
@@ -74,7 +75,8 @@ fn reload_onto_a_broken_build_stops_and_keeps_serving() {
     let exe = dir.path().join("subscriber");
     install(&exe, &real);
     let ch = Server::start("channel-server", dir.path(), &[]);
-    let sub = Server::start_from(&exe, "subscriber", dir.path(), "127.0.0.1:0", &["--channel", &ch.addr, "--count", "2"]);
+    let sub =
+        Server::start_from(&exe, "subscriber", dir.path(), "127.0.0.1:0", &["--channel", &ch.addr, "--count", "2"]);
     sub.wait_linked();
     let mut client = sub.connect();
     client.subscribe(&["topic1"]);

@@ -324,7 +324,7 @@ impl Flood {
 fn slow_consumer_is_cut_off_and_others_get_everything() {
     const MSG: usize = 64 * 1024;
     const N: u64 = (200 << 20) / MSG as u64; // 3200 messages: 200 MiB
-    // 12 x 64 KiB in flight keeps the reader under the 1 MiB send queue limit.
+                                             // 12 x 64 KiB in flight keeps the reader under the 1 MiB send queue limit.
     const WINDOW: u64 = 12;
     let c = Cluster::start_with(1, 1, &[], &["--max-line", "1048576"], &["--max-send-queue", "1048576"]);
     let mut stalled = c.subscriber.connect();
@@ -585,9 +585,11 @@ fn descriptor_exhaustion_is_logged_survived_and_recovered() {
     let ch = Server::start("channel-server", dir.path(), &[]);
     // Both limits at 40 (the master raises soft to hard: it stays 40).
     let wrapper = dir.path().join("subscriber-ulimit-40");
-    std::fs::write(&wrapper, format!("#!/bin/bash\nulimit -n 40 || exit 97\nexec '{}' \"$@\"\n", bin("subscriber"))).unwrap();
+    std::fs::write(&wrapper, format!("#!/bin/bash\nulimit -n 40 || exit 97\nexec '{}' \"$@\"\n", bin("subscriber")))
+        .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let sub = Server::start_from(&wrapper, "subscriber", dir.path(), "127.0.0.1:0", &["--channel", &ch.addr, "--count", "1"]);
+    let sub =
+        Server::start_from(&wrapper, "subscriber", dir.path(), "127.0.0.1:0", &["--channel", &ch.addr, "--count", "1"]);
     sub.wait_linked();
     let pids = sub.pids();
     let worker = sub.worker_pids()[0];
@@ -711,9 +713,8 @@ fn graceful_stop_under_load_ends_within_its_timeout() {
     }
     owed.barrier();
     // The stalled client's socket is full: the worker holds output for it.
-    c.subscriber.wait_status("output queued for the stalled client", |s| {
-        s["workers"][0]["bytes_queued"].as_u64().unwrap() > 0
-    });
+    c.subscriber
+        .wait_status("output queued for the stalled client", |s| s["workers"][0]["bytes_queued"].as_u64().unwrap() > 0);
     // A window of 8 messages: what the reader is owed when its server stops
     // is read in a blink, well within the stop's timeout.
     let mut flood = Flood::start(c.source.connect(), reader, 1 << 20, MSG, 8);
@@ -817,7 +818,11 @@ fn channel_server_closes_hostile_links_and_keeps_serving() {
     let after_hello = |tail: &[u8]| [hello.as_slice(), tail].concat();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("sub before hello", frames::encode(Frame::Sub(b"topic1")), "the first frame must be a hello"),
-        ("publish before hello", frames::encode(Frame::Publish { topic: b"topic1", message: b"sneaky" }), "the first frame must be a hello"),
+        (
+            "publish before hello",
+            frames::encode(Frame::Publish { topic: b"topic1", message: b"sneaky" }),
+            "the first frame must be a hello",
+        ),
         ("oversized length", vec![0xff, 0xff, 0xff, 0xff], "exceeds the limit"),
         ("one byte over the limit", [&big[..], &[6]].concat(), "exceeds the limit"),
         ("oversized after hello", after_hello(&big), "exceeds the limit"),
@@ -915,9 +920,19 @@ fn garbage(rng: &mut Rng, len: usize, max_line: usize) -> Vec<u8> {
                 g.extend_from_slice(&[IAC, 240]);
             }
             8 => g.extend_from_slice([&[IAC, IAC][..], &[IAC, 241], &[IAC, 244], &[IAC]][rng.below(4) as usize]),
-            9 => g.extend_from_slice([&b"\xc3\x28"[..], b"\xe2\x82", b"\xf0\x28\x8c\x28", b"\x80\xbf", b"\xed\xa0\x80"][rng.below(5) as usize]),
+            9 => g.extend_from_slice(
+                [&b"\xc3\x28"[..], b"\xe2\x82", b"\xf0\x28\x8c\x28", b"\x80\xbf", b"\xed\xa0\x80"]
+                    [rng.below(5) as usize],
+            ),
             10 => {
-                let near = [&b"publish"[..], b"pub lonely", b"sub bad\x01topic", b"PING extra", b"unsubscribe \x7f", b"pub \xc3\xa9t\xc3\xa9 msg"];
+                let near = [
+                    &b"publish"[..],
+                    b"pub lonely",
+                    b"sub bad\x01topic",
+                    b"PING extra",
+                    b"unsubscribe \x7f",
+                    b"pub \xc3\xa9t\xc3\xa9 msg",
+                ];
                 g.extend_from_slice(near[rng.below(near.len() as u64) as usize]);
                 g.push(b'\n');
             }
@@ -955,7 +970,8 @@ fn hostile_client(addr: String, seed: u64, max_line: usize) -> JoinHandle<usize>
             w.write_all(b"ping\n").unwrap();
         });
         for (i, want) in owed.iter().enumerate() {
-            let got = c.try_line().unwrap_or_else(|| panic!("seed {seed}: reply {i} of {} missing ({want:?})", owed.len()));
+            let got =
+                c.try_line().unwrap_or_else(|| panic!("seed {seed}: reply {i} of {} missing ({want:?})", owed.len()));
             assert_eq!(&got, want, "seed {seed}: reply {i}");
         }
         c.expect("PONG");
@@ -1058,7 +1074,9 @@ fn replies_to_a_client_that_never_reads_are_bounded() {
     let s = c.subscriber.status();
     let queued = s["workers"][0]["bytes_queued"].as_u64().unwrap();
     let grown = rss_kb(worker).saturating_sub(before);
-    eprintln!("robustness: reply flood: {queued} bytes queued for a client that never reads; worker RSS grew {grown} kB");
+    eprintln!(
+        "robustness: reply flood: {queued} bytes queued for a client that never reads; worker RSS grew {grown} kB"
+    );
     assert!(queued <= 2 * LIMIT, "{queued} bytes queued, over twice --max-send-queue: {s}");
     assert!(grown < 32 * 1024, "worker RSS grew by {grown} kB");
     drop(flooder);

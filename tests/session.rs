@@ -17,7 +17,8 @@ fn seed_session() {
     let text = String::from_utf8(c.source.cmd("status", &[]).stdout).unwrap();
     assert!(text.contains("msgs_in") && text.lines().count() >= 7, "status table:\n{text}");
 
-    let conns: serde_json::Value = serde_json::from_slice(&c.subscriber.cmd("connections", &["--json"]).stdout).unwrap();
+    let conns: serde_json::Value =
+        serde_json::from_slice(&c.subscriber.cmd("connections", &["--json"]).stdout).unwrap();
     let conns = conns.as_array().unwrap();
     assert_eq!(conns.len(), 1);
     assert_eq!(conns[0]["topics"], serde_json::json!(["topic1"]));

@@ -154,9 +154,7 @@ impl Server {
 
     /// Waits until every worker's channel link is up.
     pub fn wait_linked(&self) {
-        self.wait_status("channel links up", |s| {
-            s["workers"].as_array().unwrap().iter().all(|w| w["link"] == "up")
-        });
+        self.wait_status("channel links up", |s| s["workers"].as_array().unwrap().iter().all(|w| w["link"] == "up"));
     }
 
     pub fn connect(&self) -> Client {
@@ -338,7 +336,13 @@ impl Client {
 
 impl Cluster {
     /// Like `start`, with extra `start` flags for each of the three servers.
-    pub fn start_with(sources: usize, subscribers: usize, channel: &[&str], source: &[&str], subscriber: &[&str]) -> Cluster {
+    pub fn start_with(
+        sources: usize,
+        subscribers: usize,
+        channel: &[&str],
+        source: &[&str],
+        subscriber: &[&str],
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let channel = Server::start("channel-server", dir.path(), channel);
         let ch = channel.addr.clone();
@@ -375,7 +379,9 @@ impl Server {
         let out = self.cmd("connections", &["--json"]);
         let conns: Value = serde_json::from_slice(&out.stdout).expect("connections JSON");
         let c = conns.as_array().unwrap().iter().find(|c| c["peer"] == me.as_str());
-        c.unwrap_or_else(|| panic!("{me} is not a connection of {}: {conns}", self.name))["worker_pid"].as_i64().unwrap() as i32
+        c.unwrap_or_else(|| panic!("{me} is not a connection of {}: {conns}", self.name))["worker_pid"]
+            .as_i64()
+            .unwrap() as i32
     }
 
     /// Sums a numeric field of `status` over the workers.

@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::{floor, hop};
 use crate::proto::Proto;
 use crate::table::si;
+use crate::{floor, hop};
 
 #[derive(Parser)]
 #[command(about = "Load generator for fanout, NATS and Redis pub/sub (loopback only)")]

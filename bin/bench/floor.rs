@@ -73,7 +73,10 @@ fn measure(a: &FloorArgs, listener: &TcpListener, from_reader: ChildStdout) -> R
     }
     let mut rounds_read = BufReader::new(from_reader).lines();
     let line: Vec<u8> = std::iter::repeat_n(b'.', a.line - 1).chain([b'\n']).collect();
-    println!("floor: {} loopback connections, {}-byte lines, {} reader threads, {} rounds", a.conns, a.line, a.readers, a.rounds);
+    println!(
+        "floor: {} loopback connections, {}-byte lines, {} reader threads, {} rounds",
+        a.conns, a.line, a.readers, a.rounds
+    );
     for &senders in &a.senders {
         let mut rounds = Vec::new();
         // Writer threads live for all rounds; the main thread is writer 0.
@@ -179,7 +182,12 @@ fn write_all(conns: &mut [TcpStream], line: &[u8]) -> Result<(), String> {
 
 /// Reads its share until every round has arrived; reports each round as soon
 /// as its last byte is read.
-fn read_rounds(mut conns: Vec<mio::net::TcpStream>, line: usize, rounds: usize, done: mpsc::Sender<Result<(), String>>) {
+fn read_rounds(
+    mut conns: Vec<mio::net::TcpStream>,
+    line: usize,
+    rounds: usize,
+    done: mpsc::Sender<Result<(), String>>,
+) {
     let result = (|| -> Result<(), String> {
         let mut poll = Poll::new().map_err(|e| e.to_string())?;
         for (i, c) in conns.iter_mut().enumerate() {

@@ -104,7 +104,9 @@ fn write_all(s: &mut mio::net::TcpStream, msg: &[u8]) -> Result<(), String> {
     while at < msg.len() {
         match s.write(&msg[at..]) {
             Ok(k) => at += k,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => std::thread::yield_now(),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                std::thread::yield_now()
+            }
             Err(e) => return Err(format!("write: {e}")),
         }
     }

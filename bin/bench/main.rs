@@ -30,8 +30,8 @@ use table::table;
 mod cli;
 mod conn;
 mod floor;
-mod hop;
 mod hist;
+mod hop;
 mod payload;
 mod procfs;
 mod proto;
@@ -69,10 +69,34 @@ fn main() {
                 1
             }
         },
-        Cmd::Floor(args) => floor::floor(&args).map_or_else(|e| { eprintln!("fanout-bench: {e}"); 1 }, |_| 0),
-        Cmd::Hop(args) => hop::hop(&args).map_or_else(|e| { eprintln!("fanout-bench: {e}"); 1 }, |_| 0),
-        Cmd::FloorRead(args) => floor::floor_read(&args).map_or_else(|e| { println!("{e}"); 1 }, |_| 0),
-        Cmd::Table { files, runs } => table(&files, runs).map_or_else(|e| { eprintln!("fanout-bench: {e}"); 1 }, |_| 0),
+        Cmd::Floor(args) => floor::floor(&args).map_or_else(
+            |e| {
+                eprintln!("fanout-bench: {e}");
+                1
+            },
+            |_| 0,
+        ),
+        Cmd::Hop(args) => hop::hop(&args).map_or_else(
+            |e| {
+                eprintln!("fanout-bench: {e}");
+                1
+            },
+            |_| 0,
+        ),
+        Cmd::FloorRead(args) => floor::floor_read(&args).map_or_else(
+            |e| {
+                println!("{e}");
+                1
+            },
+            |_| 0,
+        ),
+        Cmd::Table { files, runs } => table(&files, runs).map_or_else(
+            |e| {
+                eprintln!("fanout-bench: {e}");
+                1
+            },
+            |_| 0,
+        ),
         Cmd::FreePort { n } => {
             let listeners: Vec<_> = (0..n).filter_map(|_| std::net::TcpListener::bind("127.0.0.1:0").ok()).collect();
             for l in &listeners {

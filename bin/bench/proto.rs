@@ -19,7 +19,10 @@ pub enum Proto {
 /// What a server sent, decoded from the front of a buffer.
 #[derive(Debug)]
 pub enum Event<'a> {
-    Message { topic: &'a [u8], payload: &'a [u8] },
+    Message {
+        topic: &'a [u8],
+        payload: &'a [u8],
+    },
     /// A subscription confirmation (fanout `OK subscribed`, Redis `subscribe`).
     Subscribed,
     Pong,
@@ -106,9 +109,10 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 }
 
 fn num<T: std::str::FromStr>(s: &[u8]) -> Result<T, String> {
-    std::str::from_utf8(s).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
-        format!("bad number {:?}", String::from_utf8_lossy(s))
-    })
+    std::str::from_utf8(s)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad number {:?}", String::from_utf8_lossy(s)))
 }
 
 /// Our line protocol: LF-terminated lines.

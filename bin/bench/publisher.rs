@@ -54,7 +54,8 @@ impl<'a> Publisher<'a> {
         let addr = plan.pub_addr;
         let mut conns = Vec::with_capacity(plan.pubs);
         for k in 0..plan.pubs {
-            let std = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
+            let std = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .map_err(|e| format!("connect {addr}: {e}"))?;
             std.set_nonblocking(true).map_err(|e| e.to_string())?;
             let mut stream = TcpStream::from_std(std);
             poll.registry()
@@ -122,7 +123,9 @@ impl<'a> Publisher<'a> {
                     report.acks += 1;
                     report.ack_receivers += n;
                 }
-                Event::Error(e) if report.errors.len() < 10 => report.errors.push(String::from_utf8_lossy(e).into_owned()),
+                Event::Error(e) if report.errors.len() < 10 => {
+                    report.errors.push(String::from_utf8_lossy(e).into_owned())
+                }
                 _ => {}
             })?;
             match outcome {

@@ -122,12 +122,8 @@ pub fn run(args: &RunArgs) -> Result<RunResult, String> {
         }
         let rss_subscribed = rss();
         let servers = procfs::tree(&args.server_pids);
-        let (cpu0, main0, srv0, t0) = (
-            cpu_secs(UsageWho::RUSAGE_SELF),
-            cpu_secs(UsageWho::RUSAGE_THREAD),
-            procfs::cpu_secs(&servers),
-            now_ns(),
-        );
+        let (cpu0, main0, srv0, t0) =
+            (cpu_secs(UsageWho::RUSAGE_SELF), cpu_secs(UsageWho::RUSAGE_THREAD), procfs::cpu_secs(&servers), now_ns());
         publisher.run();
         let main_cpu = cpu_secs(UsageWho::RUSAGE_THREAD) - main0;
         let mut subs = SubReport::new(&plan);
@@ -228,22 +224,40 @@ pub fn print_text(r: &RunResult) {
     );
     println!(
         "  delivered {}/{} in {:.3}s = {}/s (publish {}/s); missing {} dup {} ooo {} corrupt {} disc {}",
-        r.delivered, r.expected, r.elapsed_s, si(r.delivered_per_s), si(r.published_per_s),
-        r.missing, r.duplicates, r.out_of_order, r.corrupt, r.disconnects
+        r.delivered,
+        r.expected,
+        r.elapsed_s,
+        si(r.delivered_per_s),
+        si(r.published_per_s),
+        r.missing,
+        r.duplicates,
+        r.out_of_order,
+        r.corrupt,
+        r.disconnects
     );
     println!(
         "  latency µs p50 {} p99 {} p99.9 {} max {}; fan-out ms p50 {} max {}; publisher lag µs p99 {} max {}",
-        opt(r.lat_p50_us), opt(r.lat_p99_us), opt(r.lat_p999_us), opt(r.lat_max_us),
-        opt(r.fanout_p50_ms), opt(r.fanout_max_ms), opt(r.pub_lag_p99_us), opt(r.pub_lag_max_us)
+        opt(r.lat_p50_us),
+        opt(r.lat_p99_us),
+        opt(r.lat_p999_us),
+        opt(r.lat_max_us),
+        opt(r.fanout_p50_ms),
+        opt(r.fanout_max_ms),
+        opt(r.pub_lag_p99_us),
+        opt(r.pub_lag_max_us)
     );
     if let (Some(a), Some(b), Some(c)) = (r.rss_before_kb, r.rss_subscribed_kb, r.rss_end_kb) {
         println!(
             "  server RSS KiB ({} procs): before {a}, subscribed {b}, end {c}; {} bytes/conn",
-            r.server_procs, opt(r.bytes_per_conn)
+            r.server_procs,
+            opt(r.bytes_per_conn)
         );
     }
     println!(
         "  CPU % of one core: bench {:.0} (publisher {:.0}, subscribers {:.0}), server {}",
-        r.bench_cpu_pct, r.pub_cpu_pct, r.sub_cpu_pct, opt(r.server_cpu_pct)
+        r.bench_cpu_pct,
+        r.pub_cpu_pct,
+        r.sub_cpu_pct,
+        opt(r.server_cpu_pct)
     );
 }

@@ -155,7 +155,12 @@ struct SubSide<'a> {
 /// Subscriptions not yet confirmed at any time (connection waves), all threads.
 const SETUP_WAVE: usize = 256;
 
-pub fn run_subscribers(plan: &Plan, shared: &Shared, thread: usize, ready: mpsc::Sender<Result<f64, String>>) -> SubReport {
+pub fn run_subscribers(
+    plan: &Plan,
+    shared: &Shared,
+    thread: usize,
+    ready: mpsc::Sender<Result<f64, String>>,
+) -> SubReport {
     let mut side = match SubSide::new(plan, shared, thread) {
         Ok(s) => s,
         Err(e) => {
@@ -230,7 +235,8 @@ impl<'a> SubSide<'a> {
     }
 
     fn open(&mut self, i: usize) -> Result<(), String> {
-        let mut stream = TcpStream::connect(self.plan.sub_addr).map_err(|e| format!("connect {}: {e}", self.plan.sub_addr))?;
+        let mut stream =
+            TcpStream::connect(self.plan.sub_addr).map_err(|e| format!("connect {}: {e}", self.plan.sub_addr))?;
         self.poll
             .registry()
             .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
@@ -252,7 +258,8 @@ impl<'a> SubSide<'a> {
                 break;
             }
             let done = self.shared.pub_done.load(Ordering::Acquire);
-            if done > 0 && now_ns().saturating_sub(done.max(self.report.last_recv)) > self.plan.drain.as_nanos() as u64 {
+            if done > 0 && now_ns().saturating_sub(done.max(self.report.last_recv)) > self.plan.drain.as_nanos() as u64
+            {
                 break;
             }
             let timeout = if self.more.is_empty() { Duration::from_millis(50) } else { Duration::ZERO };

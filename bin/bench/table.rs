@@ -31,10 +31,9 @@ type Metric = (&'static str, fn(&RunResult) -> Option<f64>);
 /// The numbers shown for each kind of scenario (arrow: which way is better).
 fn metrics(s: Scenario) -> Vec<Metric> {
     match s {
-        Scenario::Fanout | Scenario::Topics => vec![
-            ("delivered msg/s ↑", |r| Some(r.delivered_per_s)),
-            ("latency p99 µs ↓", |r| r.lat_p99_us),
-        ],
+        Scenario::Fanout | Scenario::Topics => {
+            vec![("delivered msg/s ↑", |r| Some(r.delivered_per_s)), ("latency p99 µs ↓", |r| r.lat_p99_us)]
+        }
         Scenario::Latency => vec![
             ("p50 µs ↓", |r| r.lat_p50_us),
             ("p99 µs ↓", |r| r.lat_p99_us),
@@ -95,7 +94,11 @@ pub fn table(files: &[PathBuf], runs: Option<usize>) -> Result<(), String> {
             };
             println!(
                 "| {name} | {label} | {} | {} | {} | {} | {} |",
-                cells[0].1, cells[1].1, cells[2].1, ratio(1), ratio(2)
+                cells[0].1,
+                cells[1].1,
+                cells[2].1,
+                ratio(1),
+                ratio(2)
             );
         }
     }

@@ -14,12 +14,12 @@ use std::time::Duration;
 use clap::FromArgMatches;
 use log::error;
 
-use args::{Cli, Command, Query, RoleArgs, Start, Stop, Target};
 use crate::config::{load_secret, Config, Role, Spec};
 use crate::master::control::{self, Reply, Request, Status};
 use crate::master::daemon::{self, DaemonEnv};
-use crate::master::Master;
 use crate::master::pidfile::{self, PidFile};
+use crate::master::Master;
+use args::{Cli, Command, Query, RoleArgs, Start, Stop, Target};
 
 /// LSB exit code of `status` for a server that is not running.
 const NOT_RUNNING: u8 = 3;
@@ -84,7 +84,11 @@ fn start<E: RoleArgs>(spec: &Spec, start: &Start<E>) -> Result<ExitCode, String>
     }
     if start.daemon {
         let (pid, addr) = daemon::spawn(&cfg)?;
-        println!("{} started as a daemon (master pid {pid}), listening on {addr}; log: {}", spec.name, cfg.log_file.display());
+        println!(
+            "{} started as a daemon (master pid {pid}), listening on {addr}; log: {}",
+            spec.name,
+            cfg.log_file.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(spec.name, "master");
@@ -165,7 +169,12 @@ fn stop(spec: &Spec, stop: &Stop) -> Result<ExitCode, String> {
     match call(&pid_file, &req, wait) {
         Ok(Reply::Stopping) => {}
         Ok(other) => return Err(format!("unexpected reply: {other:?}")),
-        Err(e) => return Err(format!("cannot reach the master ({e}); is it hung? try `kill -9` on the pid in {}", pid_file.display())),
+        Err(e) => {
+            return Err(format!(
+                "cannot reach the master ({e}); is it hung? try `kill -9` on the pid in {}",
+                pid_file.display()
+            ))
+        }
     }
     // The socket closes as the master exits; wait until it is really gone.
     if pidfile::is_locked(&pid_file) || !master.is_none_or(|pid| wait_gone(pid, Duration::from_secs(5))) {
@@ -253,7 +262,11 @@ fn connections(spec: &Spec, q: &Query) -> Result<ExitCode, String> {
 
 fn ask(spec: &Spec, pid_file: &std::path::Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
     if !pidfile::is_locked(pid_file) {
-        return Err(format!("not running (no live master holds {}); start it with `{} start`", pid_file.display(), spec.name));
+        return Err(format!(
+            "not running (no live master holds {}); start it with `{} start`",
+            pid_file.display(),
+            spec.name
+        ));
     }
     call(pid_file, req, timeout).map_err(|e| format!("cannot reach the master: {e}"))
 }
@@ -304,8 +317,19 @@ fn print_status(s: &Status) {
         let t = &w.stats;
         println!(
             "{:>3} {:>8} {:>7}kB {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} {}",
-            w.id, w.pid, w.memory_kb, t.connections, t.topics, t.msgs_in, t.msgs_out, t.bytes_queued, t.dropped,
-            t.slow_consumers, t.link, t.state, t.version
+            w.id,
+            w.pid,
+            w.memory_kb,
+            t.connections,
+            t.topics,
+            t.msgs_in,
+            t.msgs_out,
+            t.bytes_queued,
+            t.dropped,
+            t.slow_consumers,
+            t.link,
+            t.state,
+            t.version
         );
         memory += w.memory_kb;
         total.connections += t.connections;
@@ -317,7 +341,15 @@ fn print_status(s: &Status) {
     }
     println!(
         "{:>3} {:>8} {:>7}kB {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5}",
-        "all", "", memory, total.connections, "", total.msgs_in, total.msgs_out, total.bytes_queued, total.dropped,
+        "all",
+        "",
+        memory,
+        total.connections,
+        "",
+        total.msgs_in,
+        total.msgs_out,
+        total.bytes_queued,
+        total.dropped,
         total.slow_consumers
     );
 }

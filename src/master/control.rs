@@ -81,4 +81,3 @@ pub fn call(pid_file: &Path, req: &Request, timeout: Duration) -> io::Result<Rep
     }
     Ok(reply)
 }
-

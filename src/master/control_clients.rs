@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use mio::{Interest, Token};
 use nix::unistd::Pid;
 
-use super::{rss_kb, Master, CLIENT_BASE, KILL_TIMEOUT};
 use super::control::{Reply, Request, Status, WorkerRow};
+use super::{rss_kb, Master, CLIENT_BASE, KILL_TIMEOUT};
 use crate::runtime::control::{self, ConnInfo, ToWorker, WorkerStats};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);

@@ -268,7 +268,9 @@ impl Master {
         info!("worker {} ready (pid {})", w.slot, w.pid);
         let (slot, pid) = (w.slot, w.pid);
         match &mut self.mode {
-            Mode::Starting { .. } if self.workers.len() == self.cfg.count && self.workers.iter().all(|(_, w)| w.ready) => {
+            Mode::Starting { .. }
+                if self.workers.len() == self.cfg.count && self.workers.iter().all(|(_, w)| w.ready) =>
+            {
                 self.mode = Mode::Running;
                 if let Some(pipe) = self.ready_pipe.take() {
                     let _ = nix::unistd::write(&pipe, format!("ok {}\n", self.cfg.listen).as_bytes());

@@ -54,17 +54,25 @@ pub enum Event {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Start a successor for this slot, then report `Spawned` or `SpawnFailed`.
-    Spawn { slot: usize },
+    Spawn {
+        slot: usize,
+    },
     /// Tell the old worker to hand its connections over (or to drain), and
     /// give up the master's end of its handoff socket.
-    Retire { old: Pid, handoff: bool },
+    Retire {
+        old: Pid,
+        handoff: bool,
+    },
     Kill(Pid),
     /// The old worker got no confirmation from its successor and carries on.
     KeepServing(Pid),
     /// Every worker is replaced: these are the new pids.
     Done(Vec<u32>),
     /// The reload stopped; kill the successor being started (worker key), if any.
-    Failed { why: String, kill: Option<usize> },
+    Failed {
+        why: String,
+        kill: Option<usize>,
+    },
 }
 
 impl Reload {

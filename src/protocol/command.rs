@@ -7,7 +7,10 @@ pub enum Command<'a> {
     /// `publish <message>`: to the server's default topic.
     Publish(&'a [u8]),
     /// `pub <topic> <message>`.
-    Pub { topic: &'a [u8], message: &'a [u8] },
+    Pub {
+        topic: &'a [u8],
+        message: &'a [u8],
+    },
     /// `subscribe [topic …]`; the topics are already validated.
     Subscribe(Topics<'a>),
     /// `unsubscribe [topic …]`.

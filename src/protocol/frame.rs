@@ -27,15 +27,23 @@ const ERROR: u8 = 7;
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Frame<'a> {
     /// worker → server, first frame: protocol version and shared secret.
-    Hello { version: u8, secret: &'a [u8] },
+    Hello {
+        version: u8,
+        secret: &'a [u8],
+    },
     /// server → worker: the hello was accepted.
-    Welcome { version: u8 },
+    Welcome {
+        version: u8,
+    },
     Sub(&'a [u8]),
     /// server → worker: the subscription to this topic is in effect.
     SubAck(&'a [u8]),
     Unsub(&'a [u8]),
     /// Both ways: a worker publishes, the server forwards the same bytes.
-    Publish { topic: &'a [u8], message: &'a [u8] },
+    Publish {
+        topic: &'a [u8],
+        message: &'a [u8],
+    },
     /// server → worker, just before it closes the link.
     Error(&'a [u8]),
 }

@@ -14,8 +14,12 @@ use super::outbound::Outbound;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ToWorker {
-    Stats { query: u64 },
-    Connections { query: u64 },
+    Stats {
+        query: u64,
+    },
+    Connections {
+        query: u64,
+    },
     /// Stop accepting, deliver what is queued, close, exit.
     Drain,
     /// Hand every connection to the successor, then exit.
@@ -28,8 +32,14 @@ pub enum ToWorker {
 pub enum FromWorker {
     /// Listening and serving.
     Ready,
-    Stats { query: u64, stats: WorkerStats },
-    Connections { query: u64, conns: Vec<ConnInfo> },
+    Stats {
+        query: u64,
+        stats: WorkerStats,
+    },
+    Connections {
+        query: u64,
+        conns: Vec<ConnInfo>,
+    },
 }
 
 /// What a worker counts about itself.

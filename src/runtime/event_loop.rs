@@ -203,7 +203,9 @@ impl<S: Service> Loop<S> {
                     // EMFILE/ENFILE/ENOBUFS: the pending connection stays queued and
                     // the listener will not signal again, so retry on a timer.
                     if !std::mem::replace(&mut self.accept_failing, true) {
-                        warn!("accept failed: {e}; retrying every {ACCEPT_RETRY:?} until it works (raise `ulimit -n`?)");
+                        warn!(
+                            "accept failed: {e}; retrying every {ACCEPT_RETRY:?} until it works (raise `ulimit -n`?)"
+                        );
                     }
                     self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;

@@ -162,7 +162,9 @@ impl<M: Payload> Receiver<M> {
         }
         let fd = match self.buf[5] {
             0 => None,
-            _ => Some(self.fds.pop_front().ok_or_else(|| io::Error::other("a message arrived without its descriptor"))?),
+            _ => {
+                Some(self.fds.pop_front().ok_or_else(|| io::Error::other("a message arrived without its descriptor"))?)
+            }
         };
         let msg = postcard::from_bytes(&self.buf[HEAD..HEAD + len]).map_err(io::Error::other)?;
         self.buf.drain(..HEAD + len);

@@ -13,9 +13,9 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::config::{ChannelConfig, MAX_SUBSCRIPTIONS};
-use crate::runtime::control::{ConnInfo, WorkerStats};
-use crate::protocol::topic;
 use crate::protocol::frame::{Frame, FrameReader, VERSION};
+use crate::protocol::topic;
+use crate::runtime::control::{ConnInfo, WorkerStats};
 use crate::runtime::event_loop::Service;
 use crate::runtime::outbound::Outbound;
 

@@ -212,7 +212,9 @@ impl Link {
             match stream.take_error() {
                 Ok(None) if stream.peer_addr().is_ok() => {
                     if self.schedule.up(now) {
-                        info!("channel link reconnected: publishes wait {SETTLE:?} for the other workers to re-subscribe");
+                        info!(
+                            "channel link reconnected: publishes wait {SETTLE:?} for the other workers to re-subscribe"
+                        );
                     }
                 }
                 Ok(None) => return, // not connected yet: a spurious event
