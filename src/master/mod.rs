@@ -38,6 +38,7 @@ pub mod control;
 mod control_clients;
 pub mod daemon;
 pub mod pidfile;
+pub mod notify;
 mod reload;
 mod signals;
 
@@ -104,6 +105,9 @@ pub struct Master {
     queued: VecDeque<(usize, Request)>,
     /// Daemon start: written once every worker is ready, then dropped.
     ready_pipe: Option<OwnedFd>,
+    /// The file stdout and stderr go to, reopened on SIGUSR2: a daemon's only.
+    log_file: Option<PathBuf>,
+    notify: notify::Notifier,
     started: Instant,
 }
 
@@ -126,6 +130,9 @@ impl Master {
             .and_then(|_| poll.registry().register(&mut control, CONTROL, Interest::READABLE))
             .map_err(|e| format!("cannot register with poll: {e}"))?;
         let count = cfg.count;
+        // A daemon's stdout and stderr are the log file (daemon::spawn); in
+        // the foreground they belong to whoever started us (a terminal, journald).
+        let log_file = ready_pipe.is_some().then(|| cfg.log_file.clone());
         Ok(Master {
             _pid_file: pid_file,
             cfg,
@@ -143,6 +150,8 @@ impl Master {
             query_id: 0,
             queued: VecDeque::new(),
             ready_pipe,
+            log_file,
+            notify: notify::Notifier::from_env(),
             started: Instant::now(),
         })
     }
@@ -272,6 +281,7 @@ impl Master {
                 if self.workers.len() == self.cfg.count && self.workers.iter().all(|(_, w)| w.ready) =>
             {
                 self.mode = Mode::Running;
+                self.notify.ready(&self.serving());
                 if let Some(pipe) = self.ready_pipe.take() {
                     let _ = nix::unistd::write(&pipe, format!("ok {}\n", self.cfg.listen).as_bytes());
                 }
@@ -352,6 +362,7 @@ impl Master {
             return;
         }
         info!("reloading {} worker(s) from {}", self.cfg.count, self.exe.display());
+        self.notify.reloading(&format!("reloading {} worker(s)", self.cfg.count));
         let (r, actions) = Reload::start(self.cfg.count, client);
         self.mode = Mode::Reloading(r);
         self.apply_reload(actions);
@@ -398,6 +409,7 @@ impl Master {
                 Action::Done(pids) => {
                     let Mode::Reloading(r) = std::mem::replace(&mut self.mode, Mode::Running) else { return };
                     info!("reload complete");
+                    self.notify.ready(&self.serving());
                     if let Some(c) = r.client {
                         self.reply(c, &Reply::Reloaded(pids));
                     }
@@ -405,6 +417,7 @@ impl Master {
                 Action::Failed { why, kill: successor } => {
                     let Mode::Reloading(r) = std::mem::replace(&mut self.mode, Mode::Running) else { return };
                     error!("reload stopped: {why}; the remaining workers keep serving");
+                    self.notify.ready(&format!("{}; the last reload stopped: {why}", self.serving()));
                     if let Some(w) = successor.and_then(|key| self.workers.get_mut(key)) {
                         w.retiring = true;
                         let _ = kill(w.pid, Signal::SIGKILL);
@@ -453,6 +466,7 @@ impl Master {
             self.apply_reload(vec![failed]);
         }
         info!("stopping{}", if graceful { " gracefully" } else { "" });
+        self.notify.stopping(if graceful { "stopping gracefully" } else { "stopping" });
         if graceful {
             for (_, w) in self.workers.iter_mut() {
                 w.retiring = true;
@@ -472,7 +486,12 @@ impl Master {
                 Signal::SIGTERM | Signal::SIGINT => self.start_stop(false, KILL_TIMEOUT),
                 Signal::SIGQUIT => self.start_stop(true, Duration::from_secs(30)),
                 Signal::SIGHUP | Signal::SIGUSR1 => self.start_reload(None),
-                Signal::SIGUSR2 => self.rebind_control(),
+                // Reopen what this server writes to: the log file (logrotate
+                // renamed it) and the control socket (the CLI found it gone).
+                Signal::SIGUSR2 => {
+                    self.reopen_log();
+                    self.rebind_control();
+                }
                 _ => {} // SIGCHLD: reaped after every turn
             }
         }
@@ -493,6 +512,29 @@ impl Master {
             }
             Err(e) => error!("{e}"),
         }
+    }
+
+    /// After logrotate renamed the log file (SIGUSR2): this process and every
+    /// worker write to a new file at the same path from here on.
+    fn reopen_log(&mut self) {
+        let Some(path) = self.log_file.clone() else {
+            debug!("no log file to reopen (in the foreground the log goes to stderr)");
+            return;
+        };
+        if let Err(e) = crate::runtime::log_file::reopen(&path) {
+            error!("cannot reopen the log file {}: {e}; still writing to the old one", path.display());
+            return;
+        }
+        info!("reopened the log file {}", path.display());
+        let msg = ToWorker::ReopenLog { path };
+        for (_, w) in self.workers.iter_mut() {
+            let _ = w.link.send(&msg);
+        }
+    }
+
+    /// The STATUS= line systemd shows while every worker serves.
+    fn serving(&self) -> String {
+        format!("serving on {} with {} worker(s)", self.cfg.listen, self.cfg.count)
     }
 
     fn next_deadline(&self) -> Option<Instant> {

@@ -24,6 +24,8 @@ pub enum ToWorker {
     Drain,
     /// Hand every connection to the successor, then exit.
     HandOff,
+    /// Reopen the log file (it was rotated) onto stdout and stderr.
+    ReopenLog { path: std::path::PathBuf },
 }
 
 /// From a worker to the master.

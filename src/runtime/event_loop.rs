@@ -235,6 +235,10 @@ impl<S: Service> Loop<S> {
                         return Ok(false);
                     }
                 }
+                ToWorker::ReopenLog { path } => match super::log_file::reopen(&path) {
+                    Ok(()) => info!("reopened the log file {}", path.display()),
+                    Err(e) => error!("cannot reopen the log file {}: {e}; still writing to the old one", path.display()),
+                },
             }
         }
         if closed {

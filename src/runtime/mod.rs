@@ -6,6 +6,7 @@
 pub mod control;
 pub mod event_loop;
 pub mod handoff;
+pub mod log_file;
 pub mod outbound;
 
 use std::os::fd::{AsFd, FromRawFd, RawFd};
