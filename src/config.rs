@@ -63,6 +63,10 @@ pub struct Config {
     pub log_file: PathBuf,
     /// Per worker process.
     pub max_connections: usize,
+    /// Where the master serves `GET /metrics` (Prometheus), if anywhere.
+    /// (Defaulted so a worker started from this binary by an older master reads its config.)
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
     pub role: Role,
 }
 

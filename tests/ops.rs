@@ -127,3 +127,72 @@ fn log_reopen_on_rotation_loses_no_line() {
     assert!(!old.contains("reopened the log file"));
     server.stop(&[]);
 }
+
+/// One HTTP/1.1 exchange; the server closes the connection after its answer.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).expect("the whole answer, then EOF");
+    out
+}
+
+/// The value of one sample line `name{labels} value`.
+fn sample(page: &str, series: &str) -> f64 {
+    let line = page.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+    line.unwrap_or_else(|| panic!("no {series} in:\n{page}"))[series.len() + 1..].parse().unwrap()
+}
+
+/// `--metrics` serves the workers' figures in the Prometheus text format.
+#[test]
+fn metrics_endpoint() {
+    let c = Cluster::start_with(2, 1, &[], &["--metrics", "127.0.0.1:0"], &[]);
+    let log = c.source.wait_log("serving metrics at http://");
+    let addr = log.split("serving metrics at http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let mut sub = c.subscriber.connect();
+    sub.subscribe(&["topic1"]);
+    let mut publisher = c.source.connect();
+    const N: usize = 50;
+    for i in 0..N {
+        publisher.send(&format!("publish m{i}"));
+    }
+    for i in 0..N {
+        sub.expect(&format!("Received [topic1]: m{i}"));
+    }
+
+    let page = http_get(&addr, "/metrics");
+    let (head, body) = page.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains("Connection: close"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    assert!(body.contains("# TYPE fanout_messages_in_total counter\n"), "{body}");
+    assert!(body.contains("# HELP fanout_connections "), "{body}");
+    let series = |name: &str, worker: &str| format!("{name}{{server=\"data-source\",worker=\"{worker}\"}}");
+    assert!(sample(body, &series("fanout_messages_in_total", "all")) >= N as f64);
+    let per_worker: f64 = ["0", "1"].iter().map(|w| sample(body, &series("fanout_messages_in_total", w))).sum();
+    assert_eq!(per_worker, sample(body, &series("fanout_messages_in_total", "all")));
+    assert_eq!(sample(body, &series("fanout_connections", "all")), 1.0);
+    assert_eq!(sample(body, &series("fanout_link_up", "0")), 1.0);
+    assert_eq!(sample(body, &series("fanout_link_up", "all")), 1.0);
+    assert_eq!(sample(body, "fanout_reloads_total{server=\"data-source\"}"), 0.0);
+
+    let out = c.source.cmd("reload", &[]);
+    assert!(out.status.success(), "reload failed: {out:?}");
+    let body = http_get(&addr, "/metrics");
+    assert_eq!(sample(&body, "fanout_reloads_total{server=\"data-source\"}"), 1.0);
+    // The connection moved to the new worker with the reload.
+    assert_eq!(sample(&body, &series("fanout_connections", "all")), 1.0);
+
+    assert!(http_get(&addr, "/").starts_with("HTTP/1.1 404 "));
+    let mut bad = std::net::TcpStream::connect(&addr).unwrap();
+    bad.set_read_timeout(Some(WAIT)).unwrap();
+    // 8 KiB of headers without their end: refused (exactly that much, so the
+    // server has read it all and closes without a reset).
+    let head = format!("GET /metrics HTTP/1.1\r\nX: {}", "a".repeat(8192 - 26));
+    assert_eq!(head.len(), 8192);
+    std::io::Write::write_all(&mut bad, head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut bad, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    c.stop();
+}

@@ -58,6 +58,10 @@ pub struct Start<E: Args> {
     /// Most client connections per worker process; past it a client gets an ERR line
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; keep it on
+    /// loopback or a private network: it is unauthenticated)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub role: E,
 }
@@ -218,6 +222,7 @@ impl<E: RoleArgs> Start<E> {
             pid_file: self.target.pid_file(spec),
             log_file: absolute(self.log_file.as_ref()).unwrap_or_else(|| log_dir().join(format!("{}.log", spec.name))),
             max_connections: self.max_connections.max(1),
+            metrics: self.metrics,
             role: self.role.role()?,
         })
     }

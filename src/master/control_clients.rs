@@ -20,10 +20,19 @@ pub(super) struct Client {
     hold: bool,
 }
 
+/// Who is waiting for a query's answer.
+#[derive(Clone, Copy)]
+pub(super) enum Asker {
+    /// A command-line client.
+    Cli(usize),
+    /// A `GET /metrics` (metrics.rs).
+    Scrape(usize),
+}
+
 /// A status or connections request in flight: one at a time.
 pub(super) struct Query {
     id: u64,
-    client: usize,
+    asker: Asker,
     req: Request,
     pub(super) waiting: Vec<Pid>,
     pub(super) stats: Vec<(Pid, WorkerStats)>,
@@ -65,7 +74,7 @@ impl Master {
         for req in reqs {
             match req {
                 Request::Status | Request::Connections => {
-                    self.queued.push_back((key, req));
+                    self.queued.push_back((Asker::Cli(key), req));
                     self.start_query();
                 }
                 Request::Reload => self.start_reload(Some(key)),
@@ -91,11 +100,11 @@ impl Master {
         let _ = self.poll.registry().deregister(&mut c.link.stream);
     }
 
-    fn start_query(&mut self) {
+    pub(super) fn start_query(&mut self) {
         if self.query.is_some() {
             return;
         }
-        let Some((client, req)) = self.queued.pop_front() else { return };
+        let Some((asker, req)) = self.queued.pop_front() else { return };
         self.query_id += 1;
         let id = self.query_id;
         let msg = match req {
@@ -109,7 +118,7 @@ impl Master {
             }
         }
         let deadline = Instant::now() + QUERY_TIMEOUT;
-        self.query = Some(Query { id, client, req, waiting, stats: Vec::new(), conns: Vec::new(), deadline });
+        self.query = Some(Query { id, asker, req, waiting, stats: Vec::new(), conns: Vec::new(), deadline });
         self.finish_query_if_done();
     }
 
@@ -129,7 +138,11 @@ impl Master {
             }
             _ => Reply::Status(self.status(q.stats)),
         };
-        self.reply(q.client, &reply);
+        match (q.asker, &reply) {
+            (Asker::Cli(c), _) => self.reply(c, &reply),
+            (Asker::Scrape(s), Reply::Status(status)) => self.answer_scrape(s, status),
+            (Asker::Scrape(_), _) => unreachable!("a scrape asks for status only"),
+        }
         self.start_query();
     }
 

@@ -37,17 +37,21 @@ use pidfile::PidFile;
 pub mod control;
 mod control_clients;
 pub mod daemon;
+mod exposition;
+mod metrics;
 pub mod pidfile;
 pub mod notify;
 mod reload;
 mod signals;
 
-use control_clients::{Client, Query};
+use control_clients::{Asker, Client, Query};
 use reload::Reload;
 
 const SIGNAL: Token = Token(0);
 const CONTROL: Token = Token(1);
+const METRICS: Token = Token(2);
 const WORKER_BASE: usize = 16;
+const SCRAPE_BASE: usize = 1 << 29;
 const CLIENT_BASE: usize = 1 << 30;
 
 /// How long a new worker may take to report that it is serving.
@@ -102,12 +106,15 @@ pub struct Master {
     query: Option<Query>,
     /// The id of the latest query sent to the workers.
     query_id: u64,
-    queued: VecDeque<(usize, Request)>,
+    queued: VecDeque<(Asker, Request)>,
     /// Daemon start: written once every worker is ready, then dropped.
     ready_pipe: Option<OwnedFd>,
     /// The file stdout and stderr go to, reopened on SIGUSR2: a daemon's only.
     log_file: Option<PathBuf>,
     notify: notify::Notifier,
+    metrics: Option<metrics::Endpoint>,
+    /// Reloads completed since start.
+    reloads: u64,
     started: Instant,
 }
 
@@ -129,6 +136,7 @@ impl Master {
             .register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNAL, Interest::READABLE)
             .and_then(|_| poll.registry().register(&mut control, CONTROL, Interest::READABLE))
             .map_err(|e| format!("cannot register with poll: {e}"))?;
+        let metrics = cfg.metrics.map(|addr| metrics::Endpoint::bind(addr, &poll)).transpose()?;
         let count = cfg.count;
         // A daemon's stdout and stderr are the log file (daemon::spawn); in
         // the foreground they belong to whoever started us (a terminal, journald).
@@ -152,6 +160,8 @@ impl Master {
             ready_pipe,
             log_file,
             notify: notify::Notifier::from_env(),
+            metrics,
+            reloads: 0,
             started: Instant::now(),
         })
     }
@@ -164,6 +174,9 @@ impl Master {
             self.cfg.listen,
             self.cfg.count
         );
+        if let Some(addr) = self.metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+            info!("serving metrics at http://{addr}/metrics");
+        }
         for slot in 0..self.cfg.count {
             if let Err(e) = self.spawn(slot, None) {
                 return self.fail_start(&format!("cannot start worker: {e}"));
@@ -182,7 +195,9 @@ impl Master {
                 match ev.token() {
                     SIGNAL => self.on_signals(),
                     CONTROL => self.accept_clients(),
+                    METRICS => self.accept_scrapes(),
                     Token(t) if t >= CLIENT_BASE => self.on_client(t - CLIENT_BASE),
+                    Token(t) if t >= SCRAPE_BASE => self.on_scrape(t - SCRAPE_BASE),
                     Token(t) => self.on_worker(t - WORKER_BASE),
                 }
             }
@@ -409,6 +424,7 @@ impl Master {
                 Action::Done(pids) => {
                     let Mode::Reloading(r) = std::mem::replace(&mut self.mode, Mode::Running) else { return };
                     info!("reload complete");
+                    self.reloads += 1;
                     self.notify.ready(&self.serving());
                     if let Some(c) = r.client {
                         self.reply(c, &Reply::Reloaded(pids));
@@ -545,7 +561,8 @@ impl Master {
         };
         let respawn = self.slots.iter().filter_map(|s| s.respawn_at).min();
         let query = self.query.as_ref().map(|q| q.deadline);
-        [mode, respawn, query].into_iter().flatten().min()
+        let scrape = self.metrics.as_ref().and_then(|m| m.next_deadline());
+        [mode, respawn, query, scrape].into_iter().flatten().min()
     }
 
     /// Acts on whatever deadline has passed. Returns the exit code once stopped.
@@ -554,6 +571,7 @@ impl Master {
         if self.query.as_ref().is_some_and(|q| q.deadline <= now) {
             self.finish_query();
         }
+        self.expire_scrapes(now);
         match &mut self.mode {
             Mode::Stopping { deadline, graceful } => {
                 if self.workers.is_empty() {
