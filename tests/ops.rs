@@ -196,3 +196,33 @@ fn metrics_endpoint() {
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     c.stop();
 }
+
+/// `--config FILE` gives the settings the command line leaves out; flags win;
+/// an unknown key is refused by name.
+#[test]
+fn config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("subscriber.toml");
+    std::fs::write(&file, "# flags by their long names\ncount = 2\ntopic = \"news\"\nmax-line = 1024\n").unwrap();
+    let path = file.to_str().unwrap();
+    let channel = Server::start("channel-server", dir.path(), &[]);
+    let server =
+        Server::start("subscriber", dir.path(), &["--config", path, "--count", "1", "--channel", &channel.addr]);
+    assert_eq!(server.worker_pids().len(), 1, "--count on the command line wins over the file");
+    let mut c = server.connect();
+    c.send("subscribe");
+    c.expect("OK subscribed news");
+    c.send(&format!("pub news {}", "x".repeat(2000)));
+    assert!(c.line().starts_with("ERR line too long (max 1024 bytes)"));
+    server.stop(&[]);
+    channel.stop(&[]);
+
+    std::fs::write(&file, "count = 2\ncolour = \"blue\"\n").unwrap();
+    let out = cli("subscriber", &["start", "--config", path]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown key `colour`") && err.contains(path), "{err}");
+
+    let help = String::from_utf8_lossy(&cli("subscriber", &["start", "--help"]).stdout).into_owned();
+    assert!(help.contains("--config <FILE>") && help.contains("max-send-queue = "), "{help}");
+}

@@ -16,7 +16,9 @@ pub struct Cli<E: Args> {
 }
 
 const SIGNALS: &str = "\
-Signals to the master process: TERM or INT stop, QUIT stops gracefully, HUP or USR1 reload.
+Signals to the master process: TERM or INT stop, QUIT stops gracefully, HUP or USR1 reload,
+USR2 reopens the log file (after logrotate). Under systemd (Type=notify, in the foreground) the
+master reports ready, reloading and stopping on NOTIFY_SOCKET.
 Logging: RUST_LOG=debug (default info). Exit codes: 0 success, 1 failure, 2 usage error.";
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +64,9 @@ pub struct Start<E: Args> {
     /// loopback or a private network: it is unauthenticated)
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Read settings from a TOML file (keys: the long flags; see below); flags win
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub role: E,
 }
@@ -191,8 +196,9 @@ pub fn command<E: Args>(spec: &Spec) -> clap::Command {
     };
     let listen = format!("{ip}:{}", spec.port);
     let count = spec.count.to_string();
+    let example = super::config_file::example(spec);
     let defaults = |c: clap::Command| {
-        let c = c.mut_arg("listen", |a| a.default_value(listen.clone()));
+        let c = c.mut_arg("listen", |a| a.default_value(listen.clone())).after_help(example.clone());
         match spec.role {
             RoleKind::PubSub => c.mut_arg("count", |a| a.default_value(count.clone())),
             RoleKind::Channel => c,

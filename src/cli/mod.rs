@@ -2,6 +2,7 @@
 //! `reload`, `status` and `connections`.
 
 pub mod args;
+pub mod config_file;
 
 pub use args::{ChannelArgs, PubSubArgs};
 
@@ -35,7 +36,7 @@ pub fn main<E: RoleArgs>(spec: &Spec) -> ExitCode {
     if let Ok(text) = std::env::var(daemon::ENV) {
         return run_daemon(spec, &text);
     }
-    let matches = args::command::<E>(spec).get_matches();
+    let matches = config_file::matches(args::command::<E>(spec));
     let cli = match Cli::<E>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
