@@ -32,6 +32,7 @@ fn systemd_notifications() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(WAIT)).unwrap();
     let pid_file = dir.path().join("sub.pid");
+    let _slot = slot();
     let mut child = Command::new(bin("subscriber"))
         .args(["start", "--listen", "127.0.0.1:0", "--count", "2", "--pid-file", pid_file.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &sock_path)

@@ -17,7 +17,7 @@ pub struct Cli<E: Args> {
 
 const SIGNALS: &str = "\
 Signals to the master process: TERM or INT stop, QUIT stops gracefully, HUP or USR1 reload,
-USR2 reopens the log file (after logrotate). Under systemd (Type=notify, in the foreground) the
+USR2 reopens the log file (after logrotate) and the control socket. Under systemd (Type=notify, in the foreground) the
 master reports ready, reloading and stopping on NOTIFY_SOCKET.
 Logging: RUST_LOG=debug (default info). Exit codes: 0 success, 1 failure, 2 usage error.";
 

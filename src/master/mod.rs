@@ -39,8 +39,8 @@ mod control_clients;
 pub mod daemon;
 mod exposition;
 mod metrics;
-pub mod pidfile;
 pub mod notify;
+pub mod pidfile;
 mod reload;
 mod signals;
 

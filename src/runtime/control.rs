@@ -25,7 +25,9 @@ pub enum ToWorker {
     /// Hand every connection to the successor, then exit.
     HandOff,
     /// Reopen the log file (it was rotated) onto stdout and stderr.
-    ReopenLog { path: std::path::PathBuf },
+    ReopenLog {
+        path: std::path::PathBuf,
+    },
 }
 
 /// From a worker to the master.

@@ -237,7 +237,9 @@ impl<S: Service> Loop<S> {
                 }
                 ToWorker::ReopenLog { path } => match super::log_file::reopen(&path) {
                     Ok(()) => info!("reopened the log file {}", path.display()),
-                    Err(e) => error!("cannot reopen the log file {}: {e}; still writing to the old one", path.display()),
+                    Err(e) => {
+                        error!("cannot reopen the log file {}: {e}; still writing to the old one", path.display())
+                    }
                 },
             }
         }
