@@ -90,10 +90,16 @@ pub struct PubSubConfig {
 pub struct ChannelConfig {
     pub max_link_buffer: usize,
     pub secret_file: Option<PathBuf>,
+    pub max_topics: usize,
+    pub max_topics_per_worker: usize,
 }
 
 /// Most topics one client connection may subscribe to.
 pub const MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// Longest shared secret, in bytes: a channel server reads no more than a
+/// hello carrying it from a connection that has not presented it.
+pub const MAX_SECRET: usize = 1024;
 
 /// The environment variable that carries the channel secret when no
 /// `--secret-file` is given.
@@ -101,6 +107,14 @@ pub const SECRET_ENV: &str = "FANOUT_CHANNEL_SECRET";
 
 /// The shared secret, from the file if one is named, else from the environment.
 pub fn load_secret(file: Option<&PathBuf>) -> Result<Option<Vec<u8>>, String> {
+    let secret = read_secret(file)?;
+    match secret {
+        Some(s) if s.len() > MAX_SECRET => Err(format!("the secret is {} bytes long; at most {MAX_SECRET}", s.len())),
+        other => Ok(other),
+    }
+}
+
+fn read_secret(file: Option<&PathBuf>) -> Result<Option<Vec<u8>>, String> {
     match file {
         Some(path) => {
             let s = std::fs::read(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;

@@ -138,6 +138,13 @@ pub struct ChannelArgs {
     /// required when listening on a non-loopback address
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
+    /// Most topics the channel server holds (each costs about 200 bytes); a SUB
+    /// past it is refused, and the client that asked gets an ERR line
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub max_topics: usize,
+    /// Most topics one worker may subscribe to; a SUB past it is refused the same way
+    #[arg(long, value_name = "N", default_value_t = 1 << 18)]
+    pub max_topics_per_worker: usize,
 }
 
 /// Turns a server's own flags into its part of the configuration.
@@ -184,6 +191,8 @@ impl RoleArgs for ChannelArgs {
         Ok(Role::Channel(ChannelConfig {
             max_link_buffer: self.max_link_buffer.max(MAX_MESSAGE * 2),
             secret_file: absolute(self.secret_file.as_ref()),
+            max_topics: self.max_topics,
+            max_topics_per_worker: self.max_topics_per_worker,
         }))
     }
 }

@@ -9,7 +9,8 @@ use std::io::{self, Read};
 
 use super::topic;
 
-pub const VERSION: u8 = 1;
+/// 2 added PING/PONG and SUBERR.
+pub const VERSION: u8 = 2;
 /// Largest message body a publish can carry.
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Largest `kind + body` a peer may send; anything larger ends the link.
@@ -23,6 +24,9 @@ const SUBACK: u8 = 4;
 const UNSUB: u8 = 5;
 const PUBLISH: u8 = 6;
 const ERROR: u8 = 7;
+const SUBERR: u8 = 8;
+const PING: u8 = 9;
+const PONG: u8 = 10;
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Frame<'a> {
@@ -46,11 +50,20 @@ pub enum Frame<'a> {
     },
     /// server → worker, just before it closes the link.
     Error(&'a [u8]),
+    /// server → worker: the SUB of this topic is refused (a limit), and why.
+    SubErr {
+        topic: &'a [u8],
+        reason: &'a [u8],
+    },
+    /// worker → server: are you there? Answered by PONG.
+    Ping,
+    Pong,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    TooLarge(usize),
+    /// The announced length, and the limit it exceeds.
+    TooLarge(usize, usize),
     UnknownKind(u8),
     Malformed(&'static str),
 }
@@ -58,7 +71,7 @@ pub enum DecodeError {
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DecodeError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the limit of {MAX_FRAME}"),
+            DecodeError::TooLarge(n, max) => write!(f, "frame of {n} bytes exceeds the limit of {max}"),
             DecodeError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
             DecodeError::Malformed(why) => write!(f, "malformed frame: {why}"),
         }
@@ -81,6 +94,9 @@ impl Frame<'_> {
                 put(out, PUBLISH, &[&[topic.len() as u8], topic, message])
             }
             Frame::Error(why) => put(out, ERROR, &[why]),
+            Frame::SubErr { topic, reason } => put(out, SUBERR, &[&[topic.len() as u8], topic, reason]),
+            Frame::Ping => put(out, PING, &[]),
+            Frame::Pong => put(out, PONG, &[]),
         }
     }
 }
@@ -121,16 +137,30 @@ fn decode_body(b: &[u8]) -> Result<Frame<'_>, DecodeError> {
                 _ => Frame::Unsub(body),
             }
         }
-        PUBLISH => {
-            let (&n, rest) = body.split_first().ok_or(DecodeError::Malformed("publish without topic"))?;
+        PUBLISH | SUBERR => {
+            let publish = kind == PUBLISH;
+            let (&n, rest) = body.split_first().ok_or(DecodeError::Malformed(match publish {
+                true => "publish without topic",
+                false => "suberr without topic",
+            }))?;
             let n = n as usize;
             if rest.len() < n {
-                return Err(DecodeError::Malformed("publish topic overruns frame"));
+                return Err(DecodeError::Malformed(match publish {
+                    true => "publish topic overruns frame",
+                    false => "suberr topic overruns frame",
+                }));
             }
             topic(&rest[..n])?;
-            Frame::Publish { topic: &rest[..n], message: &rest[n..] }
+            let (t, rest) = rest.split_at(n);
+            match publish {
+                true => Frame::Publish { topic: t, message: rest },
+                false => Frame::SubErr { topic: t, reason: rest },
+            }
         }
         ERROR => Frame::Error(body),
+        PING | PONG if !body.is_empty() => return Err(DecodeError::Malformed("ping or pong with a body")),
+        PING => Frame::Ping,
+        PONG => Frame::Pong,
         k => return Err(DecodeError::UnknownKind(k)),
     })
 }
@@ -219,19 +249,38 @@ pub fn unstarted_publishes(buf: &[u8], written: usize) -> (Vec<u8>, u64) {
 
 /// Input buffer of one link: reads straight from the socket and hands out
 /// whole frames as slices of itself, so forwarding needs no copy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Largest `kind + body` accepted.
+    max: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> FrameReader {
+        FrameReader::limited(MAX_FRAME)
+    }
 }
 
 const READ_CHUNK: usize = 64 * 1024;
 
 impl FrameReader {
+    /// A reader that refuses frames over `max` and, until a frame needs
+    /// more, buffers no more than a frame of that size.
+    pub fn limited(max: usize) -> FrameReader {
+        FrameReader { buf: Vec::new(), start: 0, end: 0, max }
+    }
+
+    /// Raises (or lowers) the largest frame accepted from now on.
+    pub fn set_limit(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// A reader holding bytes received (and not parsed) by another process.
     pub fn with_bytes(bytes: Vec<u8>) -> FrameReader {
-        FrameReader { start: 0, end: bytes.len(), buf: bytes }
+        FrameReader { start: 0, end: bytes.len(), buf: bytes, max: MAX_FRAME }
     }
 
     /// Bytes received and not yet returned as frames.
@@ -248,8 +297,8 @@ impl FrameReader {
                 self.start = 0;
             } else {
                 // Empty (a new link) or one frame larger than the buffer: grow,
-                // bounded by MAX_FRAME because `next` rejects longer frames first.
-                self.buf.resize((self.buf.len() * 2).max(READ_CHUNK), 0);
+                // bounded by the limit because `next` rejects longer frames first.
+                self.buf.resize((self.buf.len() * 2).max(READ_CHUNK.min(LEN + self.max)), 0);
             }
         }
         let n = r.read(&mut self.buf[self.end..])?;
@@ -266,8 +315,8 @@ impl FrameReader {
             return Ok(None);
         }
         let len = u32::from_be_bytes(data[..LEN].try_into().unwrap()) as usize;
-        if len > MAX_FRAME {
-            return Err(DecodeError::TooLarge(len));
+        if len > self.max {
+            return Err(DecodeError::TooLarge(len, self.max));
         }
         if data.len() < LEN + len {
             return Ok(None);
@@ -321,6 +370,9 @@ mod tests {
             Frame::Publish { topic: b"t", message: b"" },
             Frame::Unsub(b"topic1"),
             Frame::Error(b"bye"),
+            Frame::SubErr { topic: b"t", reason: b"too many topics" },
+            Frame::Ping,
+            Frame::Pong,
         ];
         let mut data = Vec::new();
         frames.iter().for_each(|f| f.encode(&mut data));
@@ -340,7 +392,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_frames() {
-        assert_eq!(decode_all(&[&[0xff, 0xff, 0xff, 0xff]]), Err(DecodeError::TooLarge(u32::MAX as usize)));
+        assert_eq!(decode_all(&[&[0xff, 0xff, 0xff, 0xff]]), Err(DecodeError::TooLarge(u32::MAX as usize, MAX_FRAME)));
         assert_eq!(decode_all(&[&[0, 0, 0, 1, 99]]), Err(DecodeError::UnknownKind(99)));
         assert!(decode_all(&[&[0, 0, 0, 3, PUBLISH, 5, b'a']]).is_err());
         assert!(decode_all(&[&[0, 0, 0, 0]]).is_err());
@@ -372,6 +424,21 @@ mod tests {
         assert_eq!((kept.as_slice(), lost), (&buf[34..], 1));
         let (kept, lost) = unstarted_publishes(&buf, 20);
         assert_eq!((kept.len(), lost), (16, 0));
+    }
+
+    #[test]
+    fn a_limited_reader_refuses_larger_frames_and_buffers_little() {
+        let mut r = FrameReader::limited(16);
+        let mut big: &[u8] = &[&[0, 0, 0, 17, SUB][..], &[b'x'; 100]].concat();
+        r.read_from(&mut big).unwrap();
+        assert!(r.buf.len() <= 20, "buffered {} bytes", r.buf.len());
+        assert_eq!(r.next_frame().unwrap_err(), DecodeError::TooLarge(17, 16));
+        let mut ok = FrameReader::limited(16);
+        let mut hello: &[u8] = &[0, 0, 0, 3, HELLO, 2, b's', 0, 0, 0, 2, SUB, b't'];
+        ok.read_from(&mut hello).unwrap();
+        assert!(matches!(ok.next_frame(), Ok(Some((Frame::Hello { .. }, _)))));
+        ok.set_limit(MAX_FRAME);
+        assert!(matches!(ok.next_frame(), Ok(Some((Frame::Sub(b"t"), _)))));
     }
 
     proptest! {

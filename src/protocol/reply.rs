@@ -36,6 +36,11 @@ pub fn error(why: &str) -> [&[u8]; 3] {
     [b"ERR ", why.as_bytes(), b"\n"]
 }
 
+/// The channel server refused a subscription (one of its topic limits).
+pub fn cannot_subscribe<'a>(topic: &'a [u8], why: &'a [u8]) -> [&'a [u8]; 5] {
+    [b"ERR cannot subscribe ", topic, b": ", why, b"\n"]
+}
+
 pub fn line_too_long(max: usize) -> String {
     format!("line too long (max {max} bytes)")
 }

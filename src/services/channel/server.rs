@@ -1,6 +1,6 @@
 //! The channel server's service: one connection ("peer") per worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
@@ -12,8 +12,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::config::{ChannelConfig, MAX_SUBSCRIPTIONS};
-use crate::protocol::frame::{Frame, FrameReader, VERSION};
+use crate::config::{ChannelConfig, MAX_SECRET};
+use crate::protocol::frame::{Frame, FrameReader, MAX_FRAME, VERSION};
 use crate::protocol::topic;
 use crate::runtime::control::{ConnInfo, WorkerStats};
 use crate::runtime::event_loop::Service;
@@ -26,8 +26,17 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a link closed for breaking the protocol may take to receive its
 /// ERROR frame and finish sending (see `Peer::linger`).
 const ERROR_LINGER: Duration = Duration::from_secs(2);
-/// A worker subscribes once per topic, so this bounds a peer generously.
-const MAX_PEER_TOPICS: usize = 64 * MAX_SUBSCRIPTIONS;
+/// A connection that has not presented its hello (and the secret) by then is
+/// closed: an unauthenticated peer costs a slot for this long at most.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections without a hello yet, at most; the oldest is closed to make
+/// room for a new one. A real worker sends its hello as it connects, and the
+/// hello is read as the connection is accepted, so it is never the oldest.
+const MAX_HANDSHAKES: usize = 256;
+/// The largest frame read before the hello: a hello with the longest secret.
+/// With the read buffer sized to it, an unauthenticated connection holds
+/// about 1.3 KB of user-space memory.
+const MAX_HELLO_FRAME: usize = 2 + MAX_SECRET;
 
 struct Peer {
     stream: TcpStream,
@@ -36,7 +45,7 @@ struct Peer {
     reader: FrameReader,
     out: Outbound,
     authed: bool,
-    topics: Vec<Box<[u8]>>,
+    topics: HashSet<Box<[u8]>>,
     closing: bool,
     dirty: bool,
     bytes_in: u64,
@@ -108,10 +117,29 @@ impl Peers {
     }
 }
 
+/// Connections that have not finished the handshake, oldest first.
+#[derive(Default)]
+struct Handshakes {
+    /// (peer key, peer id, deadline); entries of peers since authenticated
+    /// or closed are skipped as they come to the front.
+    queue: VecDeque<(usize, u64, Instant)>,
+    /// Peers not authenticated yet.
+    count: usize,
+    /// Closed since the last log line: for want of a hello in time, and to
+    /// make room; the address of the last one.
+    timed_out: u64,
+    evicted: u64,
+    last: Option<SocketAddr>,
+}
+
 pub struct ChannelServer {
     secret: Option<Vec<u8>>,
     peers: Peers,
     topics: HashMap<Box<[u8]>, Vec<usize>>,
+    /// Most topics at this server, and per worker link.
+    max_topics: usize,
+    max_topics_per_worker: usize,
+    handshakes: Handshakes,
     /// Peers with input left unread: their turn ran out, or a receiver is over
     /// its buffer limit and publishers wait until it catches up.
     unread: Vec<usize>,
@@ -131,6 +159,9 @@ impl ChannelServer {
             secret,
             peers: Peers { slab: Slab::new(), dirty: Vec::new(), congested: false, max_buffer: cfg.max_link_buffer },
             topics: HashMap::new(),
+            max_topics: cfg.max_topics,
+            max_topics_per_worker: cfg.max_topics_per_worker,
+            handshakes: Handshakes::default(),
             unread: Vec::new(),
             to_close: Vec::new(),
             next_id: 1,
@@ -228,12 +259,19 @@ impl ChannelServer {
     }
 
     fn on_frames(&mut self, key: usize, reader: &mut FrameReader) -> Result<(), String> {
-        while let Some((frame, raw)) = reader.next_frame().map_err(|e| e.to_string())? {
-            if !self.peers.slab[key].authed {
+        loop {
+            let authed = self.peers.slab[key].authed;
+            let next = reader.next_frame().map_err(|e| match authed {
+                true => e.to_string(),
+                false => format!("{e} before its hello"),
+            });
+            let Some((frame, raw)) = next? else { break };
+            if !authed {
                 match frame {
                     Frame::Hello { version, secret } => self.hello(key, version, secret)?,
                     _ => return Err("the first frame must be a hello".into()),
                 }
+                reader.set_limit(MAX_FRAME);
                 continue;
             }
             match frame {
@@ -247,26 +285,42 @@ impl ChannelServer {
                 }
                 Frame::Sub(topic) => {
                     topic::check(topic).map_err(|e| e.to_string())?;
-                    let p = &mut self.peers.slab[key];
-                    if !p.topics.iter().any(|t| **t == *topic) {
-                        if p.topics.len() >= MAX_PEER_TOPICS {
-                            return Err(format!("too many topics (max {MAX_PEER_TOPICS} per worker)"));
-                        }
-                        p.topics.push(topic.into());
-                        self.topics.entry(topic.into()).or_default().push(key);
+                    match self.subscribe(key, topic) {
+                        Ok(()) => self.peers.push_frame(key, Frame::SubAck(topic)),
+                        Err(why) => self.peers.push_frame(key, Frame::SubErr { topic, reason: why.as_bytes() }),
                     }
-                    self.peers.push_frame(key, Frame::SubAck(topic));
                 }
                 Frame::Unsub(topic) => {
-                    let p = &mut self.peers.slab[key];
-                    if let Some(i) = p.topics.iter().position(|t| **t == *topic) {
-                        p.topics.swap_remove(i);
+                    if self.peers.slab[key].topics.remove(topic) {
                         self.remove_subscriber(topic, key);
                     }
                 }
+                Frame::Ping => self.peers.push_frame(key, Frame::Pong),
                 other => return Err(format!("unexpected frame {other:?}")),
             }
         }
+        Ok(())
+    }
+
+    /// Adds a subscription unless it would cross a limit: only this SUB is
+    /// refused, and the worker tells the client that asked.
+    fn subscribe(&mut self, key: usize, topic: &[u8]) -> Result<(), String> {
+        let p = &mut self.peers.slab[key];
+        if p.topics.contains(topic) {
+            return Ok(()); // SUB is idempotent
+        }
+        if p.topics.len() >= self.max_topics_per_worker {
+            return Err(format!("too many topics on this worker (max {} per worker)", self.max_topics_per_worker));
+        }
+        let (known, full) = (self.topics.contains_key(topic), self.topics.len() >= self.max_topics);
+        if !known && full {
+            return Err(format!("too many topics at the channel server (max {})", self.max_topics));
+        }
+        match self.topics.get_mut(topic) {
+            Some(subscribers) => subscribers.push(key),
+            None => drop(self.topics.insert(topic.into(), vec![key])),
+        }
+        p.topics.insert(topic.into());
         Ok(())
     }
 
@@ -281,6 +335,7 @@ impl ChannelServer {
         }
         let p = &mut self.peers.slab[key];
         p.authed = true;
+        self.handshakes.count -= 1;
         info!("worker link from {} accepted", p.addr);
         self.peers.push_frame(key, Frame::Welcome { version: VERSION });
         Ok(())
@@ -355,7 +410,55 @@ impl ChannelServer {
             self.remove_subscriber(t, key);
         }
         self.unread.retain(|k| *k != key);
-        info!("worker link from {} closed", p.addr);
+        self.to_close.retain(|k| *k != key); // closed before the end of the turn
+        if p.authed {
+            info!("worker link from {} closed", p.addr);
+        } else {
+            self.handshakes.count -= 1;
+            debug!("connection from {} closed before its hello", p.addr);
+        }
+    }
+
+    /// Closes the connections that did not present a hello in time, and the
+    /// oldest ones while too many wait. Returns the next handshake deadline.
+    fn expire_handshakes(&mut self, reg: &Registry) -> Option<Instant> {
+        let now = Instant::now();
+        while let Some(&(key, id, deadline)) = self.handshakes.queue.front() {
+            let waiting = self.peers.slab.get(key).is_some_and(|p| p.id == id && !p.authed);
+            let over = self.handshakes.count > MAX_HANDSHAKES;
+            if waiting && !over && deadline > now {
+                break;
+            }
+            self.handshakes.queue.pop_front();
+            if waiting {
+                match over {
+                    true => self.handshakes.evicted += 1,
+                    false => self.handshakes.timed_out += 1,
+                }
+                self.handshakes.last = Some(self.peers.slab[key].addr);
+                self.close(reg, key);
+            }
+        }
+        self.handshakes.queue.front().map(|e| e.2)
+    }
+
+    /// Logs the connections closed before their hello since the last call: one
+    /// line per kind and event-loop turn, so a flood does not flood the log.
+    fn log_handshakes(&mut self) {
+        let h = &mut self.handshakes;
+        let last = h.last.map(|a| a.to_string()).unwrap_or_default();
+        if h.timed_out > 0 {
+            let n = std::mem::take(&mut h.timed_out);
+            warn!(
+                "closed {n} connection(s) that presented no hello within {HANDSHAKE_TIMEOUT:?} (the last from {last})"
+            );
+        }
+        if h.evicted > 0 {
+            let n = std::mem::take(&mut h.evicted);
+            warn!(
+                "closed {n} connection(s) without a hello to make room: at most {MAX_HANDSHAKES} may wait (the last from {last})"
+            );
+        }
     }
 }
 
@@ -372,7 +475,8 @@ impl Service for ChannelServer {
 
     fn accept(&mut self, reg: &Registry, mut stream: TcpStream, addr: SocketAddr) {
         let entry = self.peers.slab.vacant_entry();
-        if let Err(e) = reg.register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE) {
+        let key = entry.key();
+        if let Err(e) = reg.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
             warn!("cannot register {addr}: {e}");
             return;
         }
@@ -380,10 +484,10 @@ impl Service for ChannelServer {
             stream,
             addr,
             id: self.next_id,
-            reader: FrameReader::default(),
+            reader: FrameReader::limited(MAX_HELLO_FRAME),
             out: Outbound::framed(),
             authed: false,
-            topics: Vec::new(),
+            topics: HashSet::new(),
             closing: false,
             dirty: false,
             bytes_in: 0,
@@ -393,7 +497,13 @@ impl Service for ChannelServer {
             shut: false,
             eof: false,
         });
+        self.handshakes.queue.push_back((key, self.next_id, Instant::now() + HANDSHAKE_TIMEOUT));
+        self.handshakes.count += 1;
         self.next_id += 1;
+        self.expire_handshakes(reg);
+        // A worker sends its hello as it connects: read it now, before a
+        // flood of other connections can make this one the oldest.
+        self.read_peer(key);
     }
 
     fn event(&mut self, _reg: &Registry, ev: &Event) {
@@ -410,6 +520,8 @@ impl Service for ChannelServer {
         for key in std::mem::take(&mut self.peers.dirty) {
             self.flush(key);
         }
+        let handshake = self.expire_handshakes(reg);
+        self.log_handshakes();
         self.cut_off_stalled();
         let now = Instant::now();
         for (key, p) in self.peers.slab.iter() {
@@ -450,7 +562,7 @@ impl Service for ChannelServer {
         } else {
             let stall = self.peers.slab.iter().filter_map(|(_, p)| p.stalled_since).min().map(|t| t + STALL_TIMEOUT);
             let linger = self.peers.slab.iter().filter_map(|(_, p)| p.linger).min();
-            stall.into_iter().chain(linger).min()
+            [stall, linger, handshake].into_iter().flatten().min()
         }
     }
 

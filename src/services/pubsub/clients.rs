@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use indexmap::IndexSet;
 use log::{debug, warn};
 use mio::net::TcpStream;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,8 @@ pub struct Client {
     pub reader: LineReader,
     pub out: Outbound,
     pub replies: Replies,
-    pub topics: Vec<TopicId>,
+    /// A set: looking a topic up costs the same for one or 1024 of them.
+    pub topics: IndexSet<TopicId>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Close once the output queue is written (quit, slow consumer, drain).
@@ -49,7 +51,7 @@ impl Client {
             reader: LineReader::default(),
             out: Outbound::default(),
             replies: Replies::default(),
-            topics: Vec::new(),
+            topics: IndexSet::new(),
             bytes_in: 0,
             bytes_out: 0,
             closing: false,
@@ -98,16 +100,22 @@ impl Replies {
     /// Puts `OK subscribed` in the place held for it and releases what follows
     /// up to the next subscription still unconfirmed.
     pub fn confirm(&mut self, out: &mut Outbound, topic: &[u8]) {
-        for h in self.held.iter_mut() {
-            if matches!(h, Held::Subscription(t) if **t == *topic) {
-                *h = Held::Text(reply::subscribed(topic).concat());
-                break;
-            }
+        self.answer(out, topic, reply::subscribed(topic).concat());
+    }
+
+    /// Puts `line` in the place held for `topic`'s confirmation and releases
+    /// what follows the same way; false if no place was held for it.
+    pub fn answer(&mut self, out: &mut Outbound, topic: &[u8], line: Vec<u8>) -> bool {
+        let slot = self.held.iter_mut().find(|h| matches!(h, Held::Subscription(t) if **t == *topic));
+        let found = slot.is_some();
+        if let Some(h) = slot {
+            *h = Held::Text(line);
         }
         while let Some(Held::Text(_)) = self.held.front() {
             let Some(Held::Text(t)) = self.held.pop_front() else { unreachable!() };
             out.push(&[&t]);
         }
+        found
     }
 
     pub fn clear(&mut self) {
@@ -180,6 +188,19 @@ impl Clients {
         let c = &mut self.slab[key];
         c.replies.confirm(&mut c.out, topic);
         mark_dirty(&mut self.dirty, c, key);
+    }
+
+    /// The channel server refused the client's subscription to `topic` (one of
+    /// its limits): the `ERR` goes in the place held for the `OK`, or at once
+    /// if the subscription had been confirmed (on an earlier link).
+    pub fn refuse(&mut self, key: usize, topic: &[u8], why: &[u8]) {
+        let line = reply::cannot_subscribe(topic, why).concat();
+        let c = &mut self.slab[key];
+        if c.replies.answer(&mut c.out, topic, line.clone()) {
+            mark_dirty(&mut self.dirty, c, key);
+        } else {
+            self.reply(key, &[&line]);
+        }
     }
 
     /// Closes the client once its last output is written, or after

@@ -62,19 +62,20 @@ impl PubSub {
 
     fn subscribe<'a>(&mut self, key: usize, names: impl Iterator<Item = &'a [u8]> + Clone) {
         let c = &self.clients.slab[key];
-        let has = |name: &[u8]| c.topics.iter().any(|id| *self.topics.get(*id).name == *name);
+        let has = |name: &[u8]| self.topics.find(name).is_some_and(|id| c.topics.contains(&id));
         // A topic named twice is one subscription.
         let new: HashSet<&[u8]> = names.clone().filter(|n| !has(n)).collect();
         if c.topics.len() + new.len() > MAX_SUBSCRIPTIONS {
             return self.clients.error(key, &reply::too_many_subscriptions(MAX_SUBSCRIPTIONS));
         }
         for name in names {
-            if self.clients.slab[key].topics.iter().any(|id| *self.topics.get(*id).name == *name) {
+            let c = &self.clients.slab[key];
+            if self.topics.find(name).is_some_and(|id| c.topics.contains(&id)) {
                 self.clients.reply(key, &reply::subscribed(name));
                 continue;
             }
             let (id, confirmed, remote) = self.topics.subscribe(name, key);
-            self.clients.slab[key].topics.push(id);
+            self.clients.slab[key].topics.insert(id);
             if remote == Remote::Subscribe {
                 self.link.control(Frame::Sub(name));
             }
@@ -89,11 +90,10 @@ impl PubSub {
     fn unsubscribe<'a>(&mut self, key: usize, names: impl Iterator<Item = &'a [u8]>) {
         for name in names {
             let c = &mut self.clients.slab[key];
-            let Some(pos) = c.topics.iter().position(|id| *self.topics.get(*id).name == *name) else {
+            let Some(id) = self.topics.find(name).filter(|id| c.topics.swap_remove(id)) else {
                 self.clients.error(key, &reply::not_subscribed(name));
                 continue;
             };
-            let id = c.topics.swap_remove(pos);
             // Still unconfirmed: its OK goes out now, before the unsubscribe's.
             self.clients.confirm(key, name);
             self.leave(id, key);

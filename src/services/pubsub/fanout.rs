@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use log::error;
+use log::{debug, error};
 
 use super::clients::Clients;
 use super::link::{Link, LinkError};
@@ -58,7 +58,18 @@ impl Batches {
                         }
                     }
                 }
+                Frame::SubErr { topic, reason } => {
+                    self.deliver(topics, clients);
+                    if let Some((id, refused)) = topics.refuse(topic) {
+                        debug!("the channel server refused topic {}: {}", topic.escape_ascii(), reason.escape_ascii());
+                        for key in refused {
+                            clients.slab[key].topics.swap_remove(&id);
+                            clients.refuse(key, topic, reason);
+                        }
+                    }
+                }
                 Frame::Welcome { .. } => link.welcomed(),
+                Frame::Pong => {} // heard: that is all it is for
                 Frame::Error(why) => {
                     let why = String::from_utf8_lossy(why).into_owned();
                     error!("the channel server refused this worker: {why}");

@@ -127,7 +127,7 @@ impl PubSub {
                     let id = import_topic(&mut self.topics, t, |cid| by_id.get(&cid).copied());
                     let t = self.topics.get(id);
                     for &key in t.subscribers.iter().chain(&t.waiting) {
-                        self.clients.slab[key].topics.push(id);
+                        self.clients.slab[key].topics.insert(id);
                     }
                 }
                 let stream = fd.map(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
@@ -162,6 +162,8 @@ fn adopt_link(
                 link.reader = FrameReader::with_bytes(unparsed);
                 link.stream = Some(s);
                 link.schedule.up(now); // already up: not a reconnect
+                link.schedule.heard(now);
+                link.schedule.welcomed(); // by the predecessor's channel server
             }
             Err(e) => link.down(reg, LinkError::Io(e), now),
         },
@@ -175,7 +177,7 @@ fn adopt_link(
 
 /// Every topic with its remote state, subscribers mapped through `id`.
 fn export_topics(topics: &Topics, id: impl Fn(usize) -> u64) -> Vec<TopicState> {
-    let ids = |v: &Vec<usize>| v.iter().map(|k| id(*k)).collect();
+    let ids = |v: &indexmap::IndexSet<usize>| v.iter().map(|k| id(*k)).collect();
     topics
         .iter()
         .map(|t| TopicState {

@@ -25,6 +25,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// their own backoff (at most MAX_BACKOFF apart), must have re-subscribed at a
 /// restarted channel server first, or it would have nobody to send them to.
 const SETTLE: Duration = Duration::from_millis(1250);
+/// A link that has been silent this long is asked for a PONG.
+const PING_AFTER: Duration = Duration::from_secs(1);
+/// A link that has been silent this long, a PING included, is dead: dropped
+/// and connected again. Longer than the channel server may stop reading
+/// while a stalled worker holds it up (5 s) before it cuts that worker off.
+const DEAD_AFTER: Duration = Duration::from_secs(8);
 
 /// Why the link went down.
 #[derive(Debug)]
@@ -37,6 +43,8 @@ pub enum LinkError {
     /// The channel server sent an ERROR frame: it refused this worker.
     Refused(String),
     Unexpected(String),
+    /// Nothing heard for DEAD_AFTER, a PING included.
+    Silent,
 }
 
 impl fmt::Display for LinkError {
@@ -48,6 +56,7 @@ impl fmt::Display for LinkError {
             LinkError::BadFrame(e) => write!(f, "bad frame from the channel server: {e}"),
             LinkError::Refused(why) => write!(f, "refused by the channel server: {why}"),
             LinkError::Unexpected(what) => write!(f, "unexpected frame from the channel server: {what}"),
+            LinkError::Silent => write!(f, "no answer from the channel server for {DEAD_AFTER:?}"),
         }
     }
 }
@@ -59,7 +68,18 @@ pub enum State {
     Up,
 }
 
-/// The link's clock: reconnect backoff and the hold after a reconnect.
+/// What the link's silence calls for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Fine,
+    Ping,
+    Dead,
+}
+
+/// The link's clock: reconnect backoff, the hold after a reconnect, and
+/// liveness (a PING after PING_AFTER of silence, dead after DEAD_AFTER: the
+/// channel server stopped, hung, or its host gone without a reset), so that
+/// `up` means up.
 #[derive(Debug)]
 pub struct Schedule {
     pub state: State,
@@ -68,11 +88,59 @@ pub struct Schedule {
     was_up: bool,
     /// Publishes are held until then (see SETTLE); SUB/UNSUB ahead of them go.
     hold_until: Option<Instant>,
+    /// When the channel server was last heard from (or the connect began).
+    heard: Instant,
+    /// A PING is out since then.
+    pinged: bool,
+    /// The channel server has welcomed this connection: only then is the
+    /// link shown as up.
+    welcomed: bool,
 }
 
 impl Schedule {
     pub fn new(now: Instant) -> Schedule {
-        Schedule { state: State::Down { retry_at: now }, backoff: MIN_BACKOFF, was_up: false, hold_until: None }
+        Schedule {
+            state: State::Down { retry_at: now },
+            backoff: MIN_BACKOFF,
+            was_up: false,
+            hold_until: None,
+            heard: now,
+            pinged: false,
+            welcomed: false,
+        }
+    }
+
+    /// A connect has begun.
+    pub fn connecting(&mut self, now: Instant) {
+        self.state = State::Connecting;
+        (self.heard, self.pinged, self.welcomed) = (now, false, false);
+    }
+
+    /// Bytes came from the channel server.
+    pub fn heard(&mut self, now: Instant) {
+        (self.heard, self.pinged) = (now, false);
+    }
+
+    /// Whether to ping the channel server, or give the link up. A PING is
+    /// asked for once per silence.
+    pub fn liveness(&mut self, now: Instant) -> Liveness {
+        if matches!(self.state, State::Down { .. }) {
+            return Liveness::Fine;
+        }
+        let silent = now.saturating_duration_since(self.heard);
+        if silent >= DEAD_AFTER {
+            Liveness::Dead
+        } else if silent >= PING_AFTER && !self.pinged && self.state == State::Up {
+            self.pinged = true;
+            Liveness::Ping
+        } else {
+            Liveness::Fine
+        }
+    }
+
+    /// Up and welcomed on this connection.
+    pub fn is_up(&self) -> bool {
+        self.state == State::Up && self.welcomed
     }
 
     /// Whether the link is down and its retry time has come.
@@ -93,6 +161,7 @@ impl Schedule {
     /// The channel server accepted our hello: the next failure starts afresh.
     pub fn welcomed(&mut self) {
         self.backoff = MIN_BACKOFF;
+        self.welcomed = true;
     }
 
     /// Lost: retry after the backoff, which doubles up to MAX_BACKOFF.
@@ -113,10 +182,12 @@ impl Schedule {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
+        let quiet = if self.pinged || self.state == State::Connecting { DEAD_AFTER } else { PING_AFTER };
+        let alive = self.heard + quiet;
         match self.state {
             State::Down { retry_at } => Some(retry_at),
-            State::Up => self.hold_until,
-            State::Connecting => None,
+            State::Up => Some(self.hold_until.map_or(alive, |h| h.min(alive))),
+            State::Connecting => Some(alive),
         }
     }
 }
@@ -152,8 +223,8 @@ impl Link {
     pub fn state_name(&self) -> &'static str {
         match self.schedule.state {
             State::Down { .. } => "down",
-            State::Connecting => "connecting",
-            State::Up => "up",
+            _ if self.schedule.is_up() => "up",
+            State::Connecting | State::Up => "connecting",
         }
     }
 
@@ -202,7 +273,7 @@ impl Link {
         self.out.push_front(head);
         self.stream = Some(stream);
         self.reader = FrameReader::default();
-        self.schedule.state = State::Connecting;
+        self.schedule.connecting(now);
     }
 
     /// The socket reported writable: a connect has finished (or failed).
@@ -233,9 +304,22 @@ impl Link {
 
     /// One read into the frame reader: the number of bytes, or why the link is down.
     pub fn read(&mut self) -> io::Result<usize> {
-        match &mut self.stream {
-            Some(s) if self.schedule.state == State::Up => self.reader.read_from(s),
-            _ => Err(io::ErrorKind::WouldBlock.into()),
+        let n = match &mut self.stream {
+            Some(s) if self.schedule.state == State::Up => self.reader.read_from(s)?,
+            _ => return Err(io::ErrorKind::WouldBlock.into()),
+        };
+        if n > 0 {
+            self.schedule.heard(Instant::now());
+        }
+        Ok(n)
+    }
+
+    /// Pings a silent link, and drops a dead one (see `Schedule::liveness`).
+    pub fn check_alive(&mut self, reg: &Registry, now: Instant) {
+        match self.schedule.liveness(now) {
+            Liveness::Fine => {}
+            Liveness::Ping => self.out.push_frame(Frame::Ping),
+            Liveness::Dead => self.down(reg, LinkError::Silent, now),
         }
     }
 
@@ -302,13 +386,37 @@ mod tests {
         let mut s = Schedule::new(t0);
         assert!(!s.up(t0), "a first connect is not a reconnect");
         assert!(!s.holding(t0));
-        assert_eq!(s.next_deadline(), None);
+        assert_eq!(s.next_deadline(), Some(t0 + PING_AFTER), "no hold: only the next ping");
         s.down(t0);
         let t1 = t0 + Duration::from_secs(3);
+        s.connecting(t1);
         assert!(s.up(t1));
         assert!(s.holding(t1) && s.holding(t1 + SETTLE - Duration::from_millis(1)));
+        s.heard(t1 + SETTLE / 2);
         assert_eq!(s.next_deadline(), Some(t1 + SETTLE), "the loop wakes up to release them");
         assert!(!s.holding(t1 + SETTLE));
-        assert_eq!(s.next_deadline(), None);
+        assert_eq!(s.next_deadline(), Some(t1 + SETTLE / 2 + PING_AFTER), "then for the next ping");
+    }
+
+    #[test]
+    fn a_silent_link_is_pinged_then_given_up() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0);
+        s.connecting(t0);
+        assert_eq!(s.next_deadline(), Some(t0 + DEAD_AFTER), "a connect that hangs");
+        s.up(t0);
+        assert!(!s.is_up(), "up only once welcomed");
+        s.welcomed();
+        assert!(s.is_up());
+        assert_eq!(s.liveness(t0 + PING_AFTER / 2), Liveness::Fine);
+        assert_eq!(s.liveness(t0 + PING_AFTER), Liveness::Ping);
+        assert_eq!(s.liveness(t0 + PING_AFTER), Liveness::Fine, "one PING per silence");
+        assert_eq!(s.next_deadline(), Some(t0 + DEAD_AFTER));
+        let t1 = t0 + 2 * PING_AFTER;
+        s.heard(t1);
+        assert_eq!(s.liveness(t1 + PING_AFTER), Liveness::Ping);
+        assert_eq!(s.liveness(t1 + DEAD_AFTER), Liveness::Dead);
+        s.down(t1 + DEAD_AFTER);
+        assert_eq!(s.liveness(t1 + 2 * DEAD_AFTER), Liveness::Fine, "nothing to check while down");
     }
 }

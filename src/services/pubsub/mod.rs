@@ -203,6 +203,7 @@ impl Service for PubSub {
                 Err(why) => self.link.down(reg, why, now),
             }
         }
+        self.link.check_alive(reg, now);
         if self.link.due(now) {
             let ids = self.topics.relink();
             let names: Vec<&[u8]> = ids.iter().map(|id| &*self.topics.get(*id).name).collect();
