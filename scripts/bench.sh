@@ -10,7 +10,8 @@
 #   --runs N          runs per scenario (default 3; quick and smoke: 1)
 #   --peers "LIST"    servers to measure, from: fanout nats redis
 #   --scenarios "L"   only these scenario names (fanout1 fanout10 fanout100
-#                     fanout1000 fanout4x100 topics latency10k latency50k conns)
+#                     fanout1000 fanout4x100 topics latency10k latency50k conns
+#                     storm)
 #   --bin-dir DIR     use the binaries in DIR instead of building (e.g. target/debug)
 #   --out DIR         where results.jsonl and table.md go (default target/bench/<time>)
 #   --no-install      never apt-get install nats-server / redis-server
@@ -21,6 +22,10 @@
 #   deployed), SEND_QUEUE (their --max-send-queue),
 #   FANOUT_REV (what to call the measured build in the header; default: the
 #   git revision when built here, else the --bin-dir path).
+#
+# The storm scenario (`fanout-bench storm`, fanout and NATS) subscribes 100 000
+# topics from 100 connections while a publisher streams 2000 messages/s on an
+# unrelated topic: the subscription rate and that stream's latency.
 #
 # With the conns scenario it also measures the machine's floor for it
 # (`fanout-bench floor`: the same writes and reads with no server at all), and
@@ -231,8 +236,33 @@ while IFS='|' read -r name args; do
     done
 done < <(scenarios)
 
-# ── the machine's floors: the same work with no server ─────────────────────
 selected() { [ -z "$SCENARIOS" ] || grep -qw "$1" <<<"$SCENARIOS"; }
+
+# ── a subscription storm beside unrelated traffic ──────────────────────────
+STORM=""
+if selected storm; then
+    storm_args=(--conns 100 --topics 100000 --rate 2000)
+    [ "$MODE" = smoke ] && storm_args=(--conns 10 --topics 2000 --rate 500)
+    for run in $(seq "$RUNS"); do
+        for peer in $ACTIVE; do
+            [ "$peer" = redis ] && continue # no counterpart worth measuring here
+            dir="$WORK/storm.$run.$peer"
+            mkdir -p "$dir"
+            if ! "start_$peer" "$dir"; then
+                log "storm: $peer did not start (logs in $dir, kept)"; KEEP=1 FAILED=$((FAILED + 1)); stop_current; continue
+            fi
+            log "storm run $run/$RUNS: $peer ${storm_args[*]}"
+            if line=$("$BENCH" storm --proto "$peer" "${storm_args[@]}" --sub-addr "$SUB_ADDR" --pub-addr "$PUB_ADDR" 2>"$dir/bench.err"); then
+                STORM+="$line"$'\n'
+            else
+                FAILED=$((FAILED + 1)); log "  storm FAILED: $(cat "$dir/bench.err")"
+            fi
+            stop_current
+        done
+    done
+fi
+
+# ── the machine's floors: the same work with no server ─────────────────────
 FLOOR="" HOP=""
 if selected conns; then
     case "$MODE" in
@@ -260,6 +290,15 @@ fi
     echo "Our servers: subscriber --count $SUB_WORKERS, data-source --count $DS_WORKERS${SEND_QUEUE:+, --max-send-queue $SEND_QUEUE}"
     echo
     "$BENCH" table --runs "$RUNS" "$RESULTS"
+    if [ -n "$STORM" ]; then
+        echo
+        echo "Subscription storm (\`fanout-bench storm\`: the storm's connections at our subscriber"
+        echo "server, the unrelated publisher and subscriber at the data-source server; NATS: one server):"
+        echo
+        echo '```'
+        printf '%s' "$STORM"
+        echo '```'
+    fi
     if [ -n "$FLOOR" ]; then
         echo
         echo "The conns scenario's floor on this machine (\`fanout-bench floor\`: no server, only"

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::Proto;
 use crate::table::si;
-use crate::{floor, hop};
+use crate::{floor, hop, storm};
 
 #[derive(Parser)]
 #[command(about = "Load generator for fanout, NATS and Redis pub/sub (loopback only)")]
@@ -36,6 +36,9 @@ pub enum Cmd {
     /// Measure the latency of one loopback socket crossing: the floor for
     /// the latency scenarios
     Hop(hop::HopArgs),
+    /// Subscribe many topics from many connections while a publisher streams on
+    /// an unrelated topic: the subscription rate and that stream's latency
+    Storm(storm::StormArgs),
     /// The reading side of `floor` (started by it)
     #[command(hide = true)]
     FloorRead(floor::FloorReadArgs),

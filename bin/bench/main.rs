@@ -38,6 +38,7 @@ mod proto;
 mod publisher;
 mod run;
 mod rusage;
+mod storm;
 mod subscribers;
 mod table;
 
@@ -70,6 +71,13 @@ fn main() {
             }
         },
         Cmd::Floor(args) => floor::floor(&args).map_or_else(
+            |e| {
+                eprintln!("fanout-bench: {e}");
+                1
+            },
+            |_| 0,
+        ),
+        Cmd::Storm(args) => storm::storm(&args).map_or_else(
             |e| {
                 eprintln!("fanout-bench: {e}");
                 1
