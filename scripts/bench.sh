@@ -288,8 +288,10 @@ fi
         "$(command -v nats-server >/dev/null && echo ", nats-server $(nats-server --version | awk '{print $2}')")" \
         "$(command -v redis-server >/dev/null && echo ", redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2)")"
     echo "Our servers: subscriber --count $SUB_WORKERS, data-source --count $DS_WORKERS${SEND_QUEUE:+, --max-send-queue $SEND_QUEUE}"
-    echo
-    "$BENCH" table --runs "$RUNS" "$RESULTS"
+    if [ -s "$RESULTS" ]; then # none when only the storm ran
+        echo
+        "$BENCH" table --runs "$RUNS" "$RESULTS"
+    fi
     if [ -n "$STORM" ]; then
         echo
         echo "Subscription storm (\`fanout-bench storm\`: the storm's connections at our subscriber"
