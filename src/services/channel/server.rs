@@ -20,6 +20,10 @@ use crate::runtime::event_loop::Service;
 use crate::runtime::outbound::Outbound;
 
 const READS_PER_EVENT: usize = 16;
+/// SUB/UNSUB frames handled per link and turn: a storm of subscriptions from
+/// one worker is taken in slices (about a millisecond each in a release
+/// build), so that the other links' publishes are not held up behind it.
+const SUBS_PER_TURN: usize = 4096;
 /// A worker over its buffer limit that reads nothing for this long is cut
 /// off, so that one hung worker cannot stop every publisher for good.
 const STALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,10 +98,14 @@ struct Peers {
 }
 
 impl Peers {
+    /// Queues one frame for a peer, encoded straight into its queue.
     fn push_frame(&mut self, key: usize, frame: Frame<'_>) {
-        let mut bytes = Vec::new();
-        frame.encode(&mut bytes);
-        self.push(key, &bytes);
+        let p = &mut self.slab[key];
+        if p.closing {
+            return;
+        }
+        p.out.push_frame(frame);
+        self.queued(key);
     }
 
     /// Queues encoded frames for a peer.
@@ -107,6 +115,13 @@ impl Peers {
             return;
         }
         p.out.push(&[frames]);
+        self.queued(key);
+    }
+
+    /// After queueing for a peer: publishers wait while it is over its limit,
+    /// and it is written at the end of the batch.
+    fn queued(&mut self, key: usize) {
+        let p = &mut self.slab[key];
         if p.out.queued() > self.max_buffer {
             self.congested = true;
         }
@@ -179,27 +194,29 @@ impl ChannelServer {
             return self.discard(key);
         }
         let mut reader = std::mem::take(&mut p.reader);
-        let mut turns = READS_PER_EVENT;
+        let (mut turns, mut subs) = (READS_PER_EVENT, SUBS_PER_TURN);
         let result = loop {
-            let p = &mut self.peers.slab[key];
-            if p.closing || self.draining {
+            if self.peers.slab[key].closing || self.draining {
                 break Ok(());
             }
-            if self.peers.congested || turns == 0 {
+            // Frames already read first (a turn may end with some left), then
+            // the socket; what is left waits for the next turn.
+            let done = self.peers.congested
+                || match self.on_frames(key, &mut reader, &mut subs) {
+                    Err(why) => break Err(PeerError::Protocol(why)),
+                    Ok(sliced) => sliced || turns == 0 || self.peers.congested,
+                };
+            if done {
                 if !self.unread.contains(&key) {
                     self.unread.push(key);
                 }
                 break Ok(());
             }
             turns -= 1;
+            let p = &mut self.peers.slab[key];
             match reader.read_from(&mut p.stream) {
                 Ok(0) => break Err(PeerError::Closed),
-                Ok(n) => {
-                    p.bytes_in += n as u64;
-                    if let Err(why) = self.on_frames(key, &mut reader) {
-                        break Err(PeerError::Protocol(why));
-                    }
-                }
+                Ok(n) => p.bytes_in += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break Err(PeerError::Io(e)),
@@ -258,8 +275,13 @@ impl ChannelServer {
         }
     }
 
-    fn on_frames(&mut self, key: usize, reader: &mut FrameReader) -> Result<(), String> {
+    /// Handles the whole frames in `reader`. Returns true if it stopped at
+    /// the end of this turn's slice of SUB/UNSUB frames (`subs`), frames left.
+    fn on_frames(&mut self, key: usize, reader: &mut FrameReader, subs: &mut usize) -> Result<bool, String> {
         loop {
+            if *subs == 0 {
+                return Ok(true);
+            }
             let authed = self.peers.slab[key].authed;
             let next = reader.next_frame().map_err(|e| match authed {
                 true => e.to_string(),
@@ -284,6 +306,7 @@ impl ChannelServer {
                     }
                 }
                 Frame::Sub(topic) => {
+                    *subs -= 1;
                     topic::check(topic).map_err(|e| e.to_string())?;
                     match self.subscribe(key, topic) {
                         Ok(()) => self.peers.push_frame(key, Frame::SubAck(topic)),
@@ -291,6 +314,7 @@ impl ChannelServer {
                     }
                 }
                 Frame::Unsub(topic) => {
+                    *subs -= 1;
                     if self.peers.slab[key].topics.remove(topic) {
                         self.remove_subscriber(topic, key);
                     }
@@ -299,7 +323,7 @@ impl ChannelServer {
                 other => return Err(format!("unexpected frame {other:?}")),
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Adds a subscription unless it would cross a limit: only this SUB is
