@@ -5,7 +5,10 @@
 
 pub mod command;
 pub mod frame;
+pub mod http;
+pub mod input;
 pub mod line;
 pub mod reply;
 pub mod telnet;
 pub mod topic;
+pub mod websocket;
