@@ -1015,7 +1015,7 @@ fn hostile_line_input_gets_err_lines_and_breaks_nothing() {
     // by the server before the next is sent.
     let mut t = c.subscriber.connect();
     let pieces: [&[u8]; 6] = [b"pi\xff", b"\xfb", b"\x18n\xff\xfa", b"\x18\x00xterm\xff", b"\xf0g\xff", b"\xf1\r\n"];
-    let mut sent = 0;
+    let mut sent = CONNECT_NOP.len() as u64;
     for p in pieces {
         t.send_bytes(p);
         sent += p.len() as u64;

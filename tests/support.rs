@@ -261,6 +261,10 @@ impl Cluster {
     }
 }
 
+/// What `Client::connect` sends first: telnet's IAC NOP on a line of its own
+/// (an empty line once the command is removed, which the server ignores).
+pub const CONNECT_NOP: &[u8] = b"\xff\xf1\n";
+
 /// A telnet-like client: writes lines, reads lines, every read bounded.
 pub struct Client {
     pub reader: BufReader<TcpStream>,
@@ -268,9 +272,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and reads the welcome line.
+    /// Connects and reads the welcome line. It speaks first, a telnet NOP
+    /// (ignored, as a telnet client's negotiation is), so that the server
+    /// knows at once that this is no HTTP client and greets it without
+    /// waiting out the silence it allows a browser (`connect_raw` waits).
     pub fn connect(addr: &str) -> Client {
         let mut c = Self::connect_raw(addr);
+        c.send_bytes(CONNECT_NOP);
         let welcome = c.line();
         assert!(welcome.starts_with("Welcome to "), "unexpected welcome: {welcome:?}");
         c

@@ -12,3 +12,4 @@ mod reload;
 mod robustness;
 mod session;
 mod support;
+mod websocket;

@@ -244,13 +244,18 @@ fn connections(spec: &Spec, q: &Query) -> Result<ExitCode, String> {
         println!("{}", serde_json::to_string_pretty(&conns).expect("serialises"));
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<8} {:>6} {:<22} {:>10} {:>10} {:>8}  topics", "pid", "id", "peer", "bytes_in", "bytes_out", "queued");
+    let head = ("pid", "id", "peer", "kind", "bytes_in", "bytes_out", "queued");
+    println!(
+        "{:<8} {:>6} {:<22} {:<6} {:>10} {:>10} {:>8}  topics",
+        head.0, head.1, head.2, head.3, head.4, head.5, head.6
+    );
     for c in &conns {
         println!(
-            "{:<8} {:>6} {:<22} {:>10} {:>10} {:>8}  {}",
+            "{:<8} {:>6} {:<22} {:<6} {:>10} {:>10} {:>8}  {}",
             c.worker_pid,
             c.id,
             c.peer,
+            c.kind,
             c.bytes_in,
             c.bytes_out,
             c.queued,
@@ -309,19 +314,32 @@ fn print_status(s: &Status) {
         s.workers.len()
     );
     println!(
-        "{:>3} {:>8} {:>9} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} version",
-        "id", "pid", "memory", "conns", "topics", "msgs_in", "msgs_out", "queued", "dropped", "slow", "link", "state"
+        "{:>3} {:>8} {:>9} {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} version",
+        "id",
+        "pid",
+        "memory",
+        "conns",
+        "ws",
+        "topics",
+        "msgs_in",
+        "msgs_out",
+        "queued",
+        "dropped",
+        "slow",
+        "link",
+        "state"
     );
     let mut total = crate::runtime::control::WorkerStats::default();
     let mut memory = 0;
     for w in &s.workers {
         let t = &w.stats;
         println!(
-            "{:>3} {:>8} {:>7}kB {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} {}",
+            "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} {}",
             w.id,
             w.pid,
             w.memory_kb,
             t.connections,
+            t.websockets,
             t.topics,
             t.msgs_in,
             t.msgs_out,
@@ -334,6 +352,7 @@ fn print_status(s: &Status) {
         );
         memory += w.memory_kb;
         total.connections += t.connections;
+        total.websockets += t.websockets;
         total.msgs_in += t.msgs_in;
         total.msgs_out += t.msgs_out;
         total.bytes_queued += t.bytes_queued;
@@ -341,11 +360,12 @@ fn print_status(s: &Status) {
         total.slow_consumers += t.slow_consumers;
     }
     println!(
-        "{:>3} {:>8} {:>7}kB {:>7} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5}",
+        "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5}",
         "all",
         "",
         memory,
         total.connections,
+        total.websockets,
         "",
         total.msgs_in,
         total.msgs_out,

@@ -55,6 +55,9 @@ pub fn not_subscribed(topic: &[u8]) -> String {
 
 pub const NOT_SUBSCRIBED_ANY: &str = "not subscribed to any topic";
 
+/// A WebSocket text message holds one command.
+pub const MANY_LINES: &str = "one command per message: no newline inside";
+
 /// The last line of a client whose replies pile up behind an unconfirmed subscription.
 pub const TOO_MANY_WAITING: &str = "too many commands waiting for a reply; disconnecting";
 

@@ -60,6 +60,9 @@ pub struct WorkerStats {
     /// Messages discarded because their receiver was disconnected as a slow consumer.
     pub dropped: u64,
     pub slow_consumers: u64,
+    /// Connections that speak WebSocket (among `connections`).
+    #[serde(default)]
+    pub websockets: u64,
     /// Channel link state ("up", "down", or "-" for the channel server).
     pub link: String,
     pub state: String,
@@ -74,6 +77,9 @@ pub struct ConnInfo {
     pub worker_pid: u32,
     pub id: u64,
     pub peer: String,
+    /// What it speaks: "line", "ws", "http" (being answered) or "new" (not known yet).
+    #[serde(default)]
+    pub kind: String,
     pub topics: Vec<String>,
     pub bytes_in: u64,
     pub bytes_out: u64,

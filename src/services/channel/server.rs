@@ -632,6 +632,7 @@ impl Service for ChannelServer {
                 worker_pid: pid,
                 id: p.id,
                 peer: p.addr.to_string(),
+                kind: "worker".into(),
                 topics: p.topics.iter().map(|t| String::from_utf8_lossy(t).into()).collect(),
                 bytes_in: p.bytes_in,
                 bytes_out: p.bytes_out,

@@ -1,9 +1,11 @@
 //! The client connections of a pub/sub worker and their send side: replies
 //! in the order of the commands, deliveries, the slow-consumer rule, flushing,
 //! and closing. The work found during an event batch is deferred to its end.
+//! A client is a line client or a WebSocket client (its `wire`): the same
+//! replies, each encoded for its wire.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -14,18 +16,25 @@ use serde::{Deserialize, Serialize};
 use slab::Slab;
 
 use super::topics::TopicId;
-use crate::protocol::line::LineReader;
+use crate::protocol::input::Input;
 use crate::protocol::reply;
+use crate::protocol::websocket::{self, code};
 use crate::runtime::outbound::Outbound;
 
 /// How long a client being closed gets to take its last output.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a new connection may stay silent before it is taken for a line
+/// client and greeted. A browser sends its request as soon as it is
+/// connected; a person at a telnet prompt waits for the welcome.
+pub const SNIFF_TIME: Duration = Duration::from_millis(200);
 
 pub struct Client {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub id: u64,
-    pub reader: LineReader,
+    pub input: Input,
+    /// How replies and deliveries are encoded for it.
+    pub wire: Wire,
     pub out: Outbound,
     pub replies: Replies,
     /// A set: looking a topic up costs the same for one or 1024 of them.
@@ -34,6 +43,10 @@ pub struct Client {
     pub bytes_out: u64,
     /// Close once the output queue is written (quit, slow consumer, drain).
     pub closing: bool,
+    /// All output written and the sending side shut: read (and dropped) until
+    /// the client closes, so that a WebSocket or HTTP client still sending
+    /// gets all of it rather than a reset.
+    pub shut: bool,
     /// Waiting in the flush list.
     pub dirty: bool,
     /// Not read while too much output waits for it.
@@ -48,16 +61,45 @@ impl Client {
             stream,
             peer,
             id,
-            reader: LineReader::default(),
+            input: Input::default(),
+            wire: Wire::Lines,
             out: Outbound::default(),
             replies: Replies::default(),
             topics: IndexSet::new(),
             bytes_in: 0,
             bytes_out: 0,
             closing: false,
+            shut: false,
             dirty: false,
             input_paused: false,
             unread: false,
+        }
+    }
+}
+
+/// How a client is written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Lines ending in LF (line clients; HTTP responses are pushed as they are).
+    Lines,
+    /// One WebSocket text message per reply or delivery.
+    WebSocket,
+}
+
+impl Wire {
+    /// One reply (parts ending in LF) in this wire's encoding.
+    fn encode(self, parts: &[&[u8]]) -> Vec<u8> {
+        match self {
+            Wire::Lines => parts.concat(),
+            Wire::WebSocket => websocket::reply(parts),
+        }
+    }
+
+    /// Queues one reply.
+    pub fn push(self, out: &mut Outbound, parts: &[&[u8]]) {
+        match self {
+            Wire::Lines => out.push(parts),
+            Wire::WebSocket => out.push(&[&websocket::reply(parts)]),
         }
     }
 }
@@ -79,15 +121,16 @@ enum Held {
 impl Replies {
     /// Queues a reply on `out`, or behind a reply still held. Returns the
     /// bytes held (they count against the send queue limit).
-    pub fn reply(&mut self, out: &mut Outbound, parts: &[&[u8]]) -> usize {
+    pub fn reply(&mut self, out: &mut Outbound, wire: Wire, parts: &[&[u8]]) -> usize {
         if self.held.is_empty() {
-            out.push(parts);
+            wire.push(out, parts);
             return 0;
         }
+        let encoded = wire.encode(parts);
         if let Some(Held::Text(t)) = self.held.back_mut() {
-            parts.iter().for_each(|p| t.extend_from_slice(p));
+            t.extend_from_slice(&encoded);
         } else {
-            self.held.push_back(Held::Text(parts.concat()));
+            self.held.push_back(Held::Text(encoded));
         }
         self.held.iter().map(|h| if let Held::Text(t) = h { t.len() } else { 0 }).sum()
     }
@@ -99,8 +142,8 @@ impl Replies {
 
     /// Puts `OK subscribed` in the place held for it and releases what follows
     /// up to the next subscription still unconfirmed.
-    pub fn confirm(&mut self, out: &mut Outbound, topic: &[u8]) {
-        self.answer(out, topic, reply::subscribed(topic).concat());
+    pub fn confirm(&mut self, out: &mut Outbound, wire: Wire, topic: &[u8]) {
+        self.answer(out, topic, wire.encode(&reply::subscribed(topic)));
     }
 
     /// Puts `line` in the place held for `topic`'s confirmation and releases
@@ -143,6 +186,9 @@ pub struct Clients {
     pub to_close: Vec<usize>,
     /// Clients being closed: (key, id, when to give up on their output).
     closing: Vec<(usize, u64, Instant)>,
+    /// New connections not yet known to be line or HTTP clients, in the
+    /// order of their deadlines: (key, id, when silence makes it a line client).
+    sniffing: VecDeque<(usize, u64, Instant)>,
     pub max_send_queue: usize,
     pub counters: Counters,
 }
@@ -155,6 +201,7 @@ impl Clients {
             unread: Vec::new(),
             to_close: Vec::new(),
             closing: Vec::new(),
+            sniffing: VecDeque::new(),
             max_send_queue,
             counters: Counters::default(),
         }
@@ -163,12 +210,12 @@ impl Clients {
     /// Queues a reply, behind any reply still held for a subscription.
     pub fn reply(&mut self, key: usize, parts: &[&[u8]]) {
         let c = &mut self.slab[key];
-        let held = c.replies.reply(&mut c.out, parts);
+        let held = c.replies.reply(&mut c.out, c.wire, parts);
         if held > self.max_send_queue {
             warn!("{} sent commands faster than they could be answered: disconnecting", c.peer);
             c.replies.clear();
-            c.out.push(&reply::error(reply::TOO_MANY_WAITING));
-            self.close_soon(key);
+            c.wire.push(&mut c.out, &reply::error(reply::TOO_MANY_WAITING));
+            self.close_with(key, code::POLICY, "too many commands waiting for a reply");
         } else if held == 0 {
             self.check_queue(key);
         }
@@ -186,7 +233,7 @@ impl Clients {
     /// The channel server confirmed the client's subscription to `topic`.
     pub fn confirm(&mut self, key: usize, topic: &[u8]) {
         let c = &mut self.slab[key];
-        c.replies.confirm(&mut c.out, topic);
+        c.replies.confirm(&mut c.out, c.wire, topic);
         mark_dirty(&mut self.dirty, c, key);
     }
 
@@ -194,13 +241,29 @@ impl Clients {
     /// its limits): the `ERR` goes in the place held for the `OK`, or at once
     /// if the subscription had been confirmed (on an earlier link).
     pub fn refuse(&mut self, key: usize, topic: &[u8], why: &[u8]) {
-        let line = reply::cannot_subscribe(topic, why).concat();
+        let parts = reply::cannot_subscribe(topic, why);
         let c = &mut self.slab[key];
-        if c.replies.answer(&mut c.out, topic, line.clone()) {
+        if c.replies.answer(&mut c.out, topic, c.wire.encode(&parts)) {
             mark_dirty(&mut self.dirty, c, key);
         } else {
-            self.reply(key, &[&line]);
+            self.reply(key, &parts);
         }
+    }
+
+    /// Queues bytes as they are (an HTTP response, a WebSocket control frame).
+    pub fn push_raw(&mut self, key: usize, bytes: &[u8]) {
+        self.slab[key].out.push(&[bytes]);
+        self.check_queue(key);
+    }
+
+    /// Closes the client like `close_soon`; a WebSocket client is sent a
+    /// close frame with `status` first.
+    pub fn close_with(&mut self, key: usize, status: u16, reason: &str) {
+        let c = &mut self.slab[key];
+        if c.wire == Wire::WebSocket && !c.closing {
+            c.out.push(&[&websocket::close(status, reason)]);
+        }
+        self.close_soon(key);
     }
 
     /// Closes the client once its last output is written, or after
@@ -226,6 +289,24 @@ impl Clients {
         self.closing.iter().map(|c| c.2).min()
     }
 
+    /// Starts the clock on a new connection's silence.
+    pub fn sniff(&mut self, key: usize, now: Instant) {
+        self.sniffing.push_back((key, self.slab[key].id, now + SNIFF_TIME));
+    }
+
+    /// The connections whose time to speak first is over (those still there),
+    /// and the next deadline.
+    pub fn sniffed(&mut self, now: Instant) -> (Vec<usize>, Option<Instant>) {
+        let mut due = Vec::new();
+        while let Some(&(key, id, _)) = self.sniffing.front().filter(|s| s.2 <= now) {
+            self.sniffing.pop_front();
+            if self.slab.get(key).is_some_and(|c| c.id == id) {
+                due.push(key);
+            }
+        }
+        (due, self.sniffing.front().map(|s| s.2))
+    }
+
     /// Queues a shared batch of `msgs` lines for one subscriber; a slow one
     /// is cut off (`check_queue`) and the others are not held back.
     pub fn deliver(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) {
@@ -249,8 +330,8 @@ impl Clients {
             self.counters.dropped += c.out.discard_unsent();
             self.counters.slow_consumers += 1;
             warn!("{} is a slow consumer (over {} bytes queued): disconnecting", c.peer, self.max_send_queue);
-            c.out.push(&reply::error(&reply::slow_consumer(self.max_send_queue)));
-            return self.close_soon(key);
+            c.wire.push(&mut c.out, &reply::error(&reply::slow_consumer(self.max_send_queue)));
+            return self.close_with(key, code::POLICY, "slow consumer");
         }
         mark_dirty(&mut self.dirty, c, key);
     }
@@ -262,11 +343,23 @@ impl Clients {
         match c.out.write_to(&mut c.stream) {
             Ok(n) => {
                 c.bytes_out += n as u64;
-                if c.closing && c.out.is_empty() {
-                    self.to_close.push(key);
+                let mut read_again = false;
+                if c.closing && c.out.is_empty() && !c.shut {
+                    if c.wire == Wire::Lines && !matches!(c.input, Input::Http) {
+                        self.to_close.push(key);
+                    } else {
+                        // Closing with input unread would send a reset, which can
+                        // destroy the close frame or response before it is read.
+                        let _ = c.stream.shutdown(Shutdown::Write);
+                        c.shut = true;
+                        read_again = true;
+                    }
                 }
                 if c.input_paused && c.out.queued() <= self.max_send_queue / 4 {
                     c.input_paused = false;
+                    read_again = true;
+                }
+                if read_again {
                     self.read_later(key);
                 }
             }
@@ -289,6 +382,9 @@ impl Clients {
     /// Stop reading; close every client once its output is written.
     pub fn close_all(&mut self) {
         for (key, c) in self.slab.iter_mut() {
+            if c.wire == Wire::WebSocket && !c.closing {
+                c.out.push(&[&websocket::close(code::GOING_AWAY, "server stopping")]);
+            }
             c.closing = true;
             mark_dirty(&mut self.dirty, c, key);
         }
@@ -315,30 +411,41 @@ mod tests {
     #[test]
     fn replies_wait_behind_an_unconfirmed_subscription() {
         let (mut r, mut out) = (Replies::default(), Outbound::default());
-        assert_eq!(r.reply(&mut out, &[reply::PONG]), 0);
+        assert_eq!(r.reply(&mut out, Wire::Lines, &[reply::PONG]), 0);
         r.hold(b"a");
-        assert_eq!(r.reply(&mut out, &reply::subscribed(b"b")), 16);
+        assert_eq!(r.reply(&mut out, Wire::Lines, &reply::subscribed(b"b")), 16);
         r.hold(b"c");
-        assert_eq!(r.reply(&mut out, &[reply::PONG]), 21);
+        assert_eq!(r.reply(&mut out, Wire::Lines, &[reply::PONG]), 21);
         assert_eq!(text(&out), "PONG\n");
         // c is confirmed first: nothing moves, a is still ahead of it.
-        r.confirm(&mut out, b"c");
+        r.confirm(&mut out, Wire::Lines, b"c");
         assert_eq!(text(&out), "PONG\n");
-        r.confirm(&mut out, b"a");
+        r.confirm(&mut out, Wire::Lines, b"a");
         assert_eq!(text(&out), "PONG\nOK subscribed a\nOK subscribed b\nOK subscribed c\nPONG\n");
         // Nothing held: straight out.
-        assert_eq!(r.reply(&mut out, &[reply::BYE]), 0);
+        assert_eq!(r.reply(&mut out, Wire::Lines, &[reply::BYE]), 0);
         assert!(text(&out).ends_with("PONG\nBye\n"));
+    }
+
+    /// On a WebSocket each reply is one text message, held or not.
+    #[test]
+    fn websocket_replies_are_one_message_each() {
+        let (mut r, mut out) = (Replies::default(), Outbound::default());
+        r.hold(b"a");
+        r.reply(&mut out, Wire::WebSocket, &[reply::PONG]);
+        r.confirm(&mut out, Wire::WebSocket, b"a");
+        r.reply(&mut out, Wire::WebSocket, &[reply::BYE]);
+        assert_eq!(out.parts().0, b"\x81\x0fOK subscribed a\x81\x04PONG\x81\x03Bye");
     }
 
     #[test]
     fn a_confirmation_for_nothing_held_changes_nothing() {
         let (mut r, mut out) = (Replies::default(), Outbound::default());
         r.hold(b"a");
-        r.reply(&mut out, &[reply::PONG]);
-        r.confirm(&mut out, b"zzz");
+        r.reply(&mut out, Wire::Lines, &[reply::PONG]);
+        r.confirm(&mut out, Wire::Lines, b"zzz");
         assert!(out.is_empty());
-        r.confirm(&mut out, b"a");
+        r.confirm(&mut out, Wire::Lines, b"a");
         assert_eq!(text(&out), "OK subscribed a\nPONG\n");
     }
 }

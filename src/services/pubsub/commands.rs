@@ -10,6 +10,7 @@ use crate::protocol::command::{self, Command};
 use crate::protocol::frame::Frame;
 use crate::protocol::line::Line;
 use crate::protocol::reply;
+use crate::protocol::websocket::code;
 
 impl PubSub {
     pub(super) fn on_line(&mut self, key: usize, line: Line<'_>) {
@@ -50,7 +51,7 @@ impl PubSub {
             Command::Help => self.clients.reply(key, &[reply::HELP]),
             Command::Quit => {
                 self.clients.reply(key, &[reply::BYE]);
-                self.clients.close_soon(key);
+                self.clients.close_with(key, code::NORMAL, "bye");
             }
         }
     }
@@ -136,6 +137,7 @@ mod tests {
         let (near, peer) = listener.accept().unwrap();
         near.set_nonblocking(true).unwrap();
         svc.accept(poll.registry(), mio::net::TcpStream::from_std(near), peer);
+        svc.silent(0); // it waits for the welcome: a line client
         (svc, poll, far)
     }
 

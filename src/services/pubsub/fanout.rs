@@ -1,17 +1,20 @@
 //! From the link to the subscribers: the frames the channel server sent are
 //! gathered per topic into one batch per read, encoded once as delivery lines
 //! into a shared buffer, and queued by reference for every local subscriber.
+//! WebSocket subscribers share a second encoding of the same batch, one text
+//! frame per line; each encoding is made only if some subscriber needs it.
 //! No socket I/O here: the frames are already read, the queues are flushed later.
 
 use std::rc::Rc;
 
 use log::{debug, error};
 
-use super::clients::Clients;
+use super::clients::{Clients, Wire};
 use super::link::{Link, LinkError};
 use super::topics::{TopicId, Topics};
 use crate::protocol::frame::Frame;
 use crate::protocol::reply;
+use crate::protocol::websocket;
 
 /// Topics with a batch of lines waiting to be delivered.
 #[derive(Default)]
@@ -82,18 +85,23 @@ impl Batches {
         Ok(())
     }
 
-    /// Encodes each touched topic's batch once and queues it for every subscriber.
+    /// Encodes each touched topic's batch once per wire and queues it for every subscriber.
     fn deliver(&mut self, topics: &mut Topics, clients: &mut Clients) {
         for id in self.touched.drain(..) {
             let t = topics.get_mut(id);
-            let bytes: Rc<[u8]> = Rc::from(t.batch.as_slice());
             let msgs = std::mem::take(&mut t.batch_msgs);
+            let mut lines: Option<Rc<[u8]>> = None;
+            let mut frames: Option<Rc<[u8]>> = None;
+            for &key in &t.subscribers {
+                let bytes = match clients.slab[key].wire {
+                    Wire::Lines => lines.get_or_insert_with(|| Rc::from(t.batch.as_slice())),
+                    Wire::WebSocket => frames.get_or_insert_with(|| websocket::frames_of_lines(&t.batch).into()),
+                };
+                clients.deliver(key, bytes, msgs);
+            }
             t.batch.clear();
             if t.batch.capacity() > 1 << 20 {
                 t.batch = Vec::new();
-            }
-            for &key in &t.subscribers {
-                clients.deliver(key, &bytes, msgs);
             }
         }
     }

@@ -15,12 +15,12 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use serde::{Deserialize, Serialize};
 
-use super::clients::{mark_dirty, Client, Replies};
+use super::clients::{mark_dirty, Client, Replies, Wire};
 use super::link::{Link, LinkError, State, TOKEN};
 use super::topics::{Topic, Topics};
 use super::PubSub;
 use crate::protocol::frame::FrameReader;
-use crate::protocol::line::LineReader;
+use crate::protocol::input::Input;
 use crate::runtime::handoff::{Payload, Sender};
 use crate::runtime::outbound::Outbound;
 
@@ -34,7 +34,8 @@ pub enum Msg {
 impl Payload for Msg {
     /// 2: bincode. 3: the line reader lost its telnet state. 4: postcard,
     /// replies held as one struct, output as (bytes, written).
-    const FORMAT: u8 = 4;
+    /// 5: a client's input is sniffing, lines, WebSocket or HTTP.
+    const FORMAT: u8 = 5;
 }
 
 /// A client connection in flight (its socket travels with it).
@@ -42,7 +43,8 @@ impl Payload for Msg {
 pub struct ClientState {
     pub id: u64,
     pub peer: SocketAddr,
-    pub reader: LineReader,
+    /// What it speaks, with its unfinished input (a line, a frame, a message).
+    pub input: Input,
     /// Output not yet written, from where the socket stopped taking it.
     pub out: (Vec<u8>, usize),
     pub replies: Replies,
@@ -80,7 +82,7 @@ impl PubSub {
             let state = ClientState {
                 id: c.id,
                 peer: c.peer,
-                reader: c.reader.clone(),
+                input: c.input.clone(),
                 out: c.out.parts(),
                 replies: c.replies.clone(),
                 bytes_in: c.bytes_in,
@@ -108,7 +110,12 @@ impl PubSub {
             (Msg::Client(s), Some(fd)) => {
                 let stream = TcpStream::from_std(std::net::TcpStream::from(fd));
                 let mut c = Client::new(stream, s.peer, s.id);
-                c.reader = s.reader;
+                c.wire = match s.input {
+                    Input::WebSocket(_) => Wire::WebSocket,
+                    _ => Wire::Lines,
+                };
+                let sniffing = matches!(s.input, Input::Sniffing(_));
+                c.input = s.input;
                 c.out = Outbound::from_parts(s.out.0, s.out.1, false);
                 c.replies = s.replies;
                 c.bytes_in = s.bytes_in;
@@ -118,6 +125,9 @@ impl PubSub {
                 let key = self.clients.slab.insert(c);
                 if s.closing {
                     self.clients.close_soon(key);
+                }
+                if sniffing {
+                    self.clients.sniff(key, Instant::now());
                 }
             }
             (Msg::Client(_), None) => return Err(io::Error::other("a client arrived without its socket")),

@@ -4,7 +4,7 @@
 //! sends out to local subscribers.
 //!
 //! - `clients`: the connections and their send side (replies in order,
-//!   deliveries, slow consumers, flushing, closing);
+//!   deliveries, slow consumers, flushing, closing), line or WebSocket;
 //! - `commands`: what a parsed command does;
 //! - `topics`: which clients want which topic, and its state at the channel server;
 //! - `fanout`: frames from the link into the subscribers' queues;
@@ -22,11 +22,13 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::config::PubSubConfig;
+use crate::protocol::input::Item;
 use crate::protocol::reply;
+use crate::protocol::websocket::{self, code};
 use crate::runtime::control::{ConnInfo, WorkerStats};
 use crate::runtime::event_loop::Service;
 use crate::runtime::handoff::Sender;
-use clients::{Client, Clients};
+use clients::{Client, Clients, Wire};
 use fanout::Batches;
 use link::{Link, LinkError};
 use topics::Topics;
@@ -42,6 +44,8 @@ mod topics;
 const READ_BUF: usize = 64 * 1024;
 /// Reads from one socket per event before others get a turn.
 const READS_PER_EVENT: usize = 16;
+/// What `GET /` returns: subscribe, publish and watch deliveries in a browser.
+const PAGE: &[u8] = include_bytes!("../../../assets/page.html");
 
 pub struct PubSub {
     welcome: Vec<u8>,
@@ -90,6 +94,17 @@ impl PubSub {
     fn read_turns(&mut self, key: usize, buf: &mut [u8]) -> bool {
         for _ in 0..READS_PER_EVENT {
             let Some(c) = self.clients.slab.get_mut(key) else { return false };
+            if c.shut {
+                // Everything is sent: drop what it still sends until it closes.
+                match c.stream.read(buf) {
+                    Ok(0) => self.clients.to_close.push(key),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => self.clients.to_close.push(key),
+                }
+                return false;
+            }
             if c.closing || self.draining {
                 return false;
             }
@@ -108,9 +123,9 @@ impl PubSub {
                 }
                 Ok(n) => {
                     c.bytes_in += n as u64;
-                    let mut reader = std::mem::take(&mut c.reader);
-                    reader.feed(&mut buf[..n], self.max_line, |line| self.on_line(key, line));
-                    self.clients.slab[key].reader = reader;
+                    let mut input = std::mem::take(&mut c.input);
+                    input.feed(&mut buf[..n], self.max_line, PAGE, &mut |item| self.on_item(key, item));
+                    self.clients.slab[key].input = input;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -122,6 +137,51 @@ impl PubSub {
             }
         }
         true
+    }
+
+    /// What a client's input says (the commands themselves are in `commands`).
+    fn on_item(&mut self, key: usize, item: Item<'_>) {
+        let c = &mut self.clients.slab[key];
+        if c.closing {
+            return; // after quit, a close or a protocol error: ignore the rest
+        }
+        match item {
+            Item::Lines => self.greet(key),
+            Item::Line(line) => self.on_line(key, line),
+            Item::Http { status, response } => {
+                debug!("{}: HTTP {status}", c.peer);
+                self.clients.push_raw(key, &response);
+                self.clients.close_soon(key);
+            }
+            Item::Upgrade(response) => {
+                debug!("{}: WebSocket", c.peer);
+                c.wire = Wire::WebSocket;
+                self.clients.push_raw(key, &response);
+                self.greet(key);
+            }
+            Item::ManyLines => self.clients.error(key, reply::MANY_LINES),
+            Item::Ping(payload) => self.clients.push_raw(key, &websocket::pong(payload)),
+            // The close handshake: its code is echoed.
+            Item::Close(status) => self.clients.close_with(key, status.unwrap_or(code::NORMAL), ""),
+            Item::Fail(why) => {
+                debug!("{}: {why}", c.peer);
+                self.clients.close_with(key, why.code, &why.reason);
+            }
+        }
+    }
+
+    /// A new connection said nothing in its time to speak first: a line client.
+    fn silent(&mut self, key: usize) {
+        let mut input = std::mem::take(&mut self.clients.slab[key].input);
+        input.sniffed_silence(&mut |item| self.on_item(key, item));
+        self.clients.slab[key].input = input;
+    }
+
+    /// The welcome, once the connection is known to be a line or WebSocket client.
+    fn greet(&mut self, key: usize) {
+        let welcome = std::mem::take(&mut self.welcome);
+        self.clients.reply(key, &[&welcome]);
+        self.welcome = welcome;
     }
 
     fn read_link(&mut self, reg: &Registry) {
@@ -164,9 +224,8 @@ impl Service for PubSub {
         debug!("{peer} connected");
         entry.insert(Client::new(stream, peer, self.next_id));
         self.next_id += 1;
-        let welcome = std::mem::take(&mut self.welcome);
-        self.clients.reply(key, &[&welcome]);
-        self.welcome = welcome;
+        // Greeted once it is known not to be an HTTP client (`on_item`, `tick`).
+        self.clients.sniff(key, Instant::now());
     }
 
     fn refuse(&mut self, mut stream: TcpStream, limit: usize) {
@@ -217,6 +276,10 @@ impl Service for PubSub {
                 self.read_client(key);
             }
         }
+        let (silent, sniff_deadline) = self.clients.sniffed(now);
+        for key in silent {
+            self.silent(key);
+        }
         for key in std::mem::take(&mut self.clients.dirty) {
             self.clients.flush(key);
         }
@@ -230,7 +293,7 @@ impl Service for PubSub {
         if more {
             Some(now)
         } else {
-            [self.link.next_deadline(), give_up].into_iter().flatten().min()
+            [self.link.next_deadline(), give_up, sniff_deadline].into_iter().flatten().min()
         }
     }
 
@@ -258,6 +321,7 @@ impl Service for PubSub {
                 + self.link.unsent() as u64,
             dropped: c.dropped + self.link.lost,
             slow_consumers: c.slow_consumers,
+            websockets: self.clients.slab.iter().filter(|(_, c)| c.wire == Wire::WebSocket).count() as u64,
             link: self.link.state_name().into(),
             ..Default::default()
         }
@@ -272,6 +336,7 @@ impl Service for PubSub {
                 worker_pid: pid,
                 id: c.id,
                 peer: c.peer.to_string(),
+                kind: c.input.kind().into(),
                 topics: c.topics.iter().map(|id| String::from_utf8_lossy(&self.topics.get(*id).name).into()).collect(),
                 bytes_in: c.bytes_in,
                 bytes_out: c.bytes_out,
