@@ -3,12 +3,13 @@
 #
 #   scripts/bench.sh            full run: every scenario, 3 runs each (~6 min)
 #   scripts/bench.sh --quick    every scenario once, smaller (~1-2 min)
-#   scripts/bench.sh --smoke    a few seconds, fanout only unless --peers says
+#   scripts/bench.sh --smoke    a few seconds, our servers only (lines and ws) unless --peers says
 #                               otherwise; no apt-get; exits 1 if any run FAILED
 #
 # Options:
 #   --runs N          runs per scenario (default 3; quick and smoke: 1)
-#   --peers "LIST"    servers to measure, from: fanout nats redis
+#   --peers "LIST"    servers to measure, from: fanout nats redis ws (ws: our
+#                     servers over WebSocket instead of the line protocol)
 #   --scenarios "L"   only these scenario names (fanout1 fanout10 fanout100
 #                     fanout1000 fanout4x100 topics latency10k latency50k conns
 #                     storm)
@@ -55,9 +56,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$MODE" in
-    full)  RUNS=${RUNS:-3}; PEERS=${PEERS:-"fanout nats redis"} ;;
-    quick) RUNS=${RUNS:-1}; PEERS=${PEERS:-"fanout nats redis"} ;;
-    smoke) RUNS=${RUNS:-1}; PEERS=${PEERS:-"fanout"}; INSTALL=0 ;;
+    full)  RUNS=${RUNS:-3}; PEERS=${PEERS:-"fanout ws nats redis"} ;;
+    quick) RUNS=${RUNS:-1}; PEERS=${PEERS:-"fanout ws nats redis"} ;;
+    smoke) RUNS=${RUNS:-1}; PEERS=${PEERS:-"fanout ws"}; INSTALL=0 ;;
 esac
 SUB_WORKERS=${SUB_WORKERS:-$(nproc)} DS_WORKERS=${DS_WORKERS:-$(nproc)} SEND_QUEUE=${SEND_QUEUE:-}
 
@@ -97,7 +98,7 @@ have_peer() { # have_peer <command> <debian package>
 ACTIVE=""
 for p in $PEERS; do
     case "$p" in
-        fanout) ACTIVE+=" fanout" ;;
+        fanout|ws) ACTIVE+=" $p" ;;
         nats) if have_peer nats-server nats-server; then ACTIVE+=" nats"; else log "SKIPPING NATS: nats-server is not installed and could not be installed"; fi ;;
         redis) if have_peer redis-server redis-server; then ACTIVE+=" redis"; else log "SKIPPING Redis: redis-server is not installed and could not be installed"; fi ;;
         *) log "unknown peer $p"; exit 2 ;;
@@ -144,6 +145,7 @@ start_fanout() { # start_fanout <dir>
     PUB_ADDR="127.0.0.1:$dp" SUB_ADDR="127.0.0.1:$sp"
     SERVER_PIDS="$(cat "$d/ch.pid" "$d/sub.pid" "$d/ds.pid" | xargs)"
 }
+start_ws() { start_fanout "$@"; } # the same servers, spoken to over WebSocket
 stop_fanout() {
     "$BIN_DIR/data-source" stop --pid-file "$1/ds.pid" --timeout 10 >/dev/null 2>&1 || true
     "$BIN_DIR/subscriber" stop --pid-file "$1/sub.pid" --timeout 10 >/dev/null 2>&1 || true
@@ -245,7 +247,8 @@ if selected storm; then
     [ "$MODE" = smoke ] && storm_args=(--conns 10 --topics 2000 --rate 500)
     for run in $(seq "$RUNS"); do
         for peer in $ACTIVE; do
-            [ "$peer" = redis ] && continue # no counterpart worth measuring here
+            # Redis: no counterpart worth measuring here; ws: the same server as fanout.
+            case "$peer" in redis|ws) continue ;; esac
             dir="$WORK/storm.$run.$peer"
             mkdir -p "$dir"
             if ! "start_$peer" "$dir"; then

@@ -1,5 +1,5 @@
-//! The three protocols (fanout's line protocol, NATS, Redis RESP): what a
-//! client sends, and decoding what a server sends into `Event`s.
+//! The protocols (fanout's line protocol, the same over WebSocket, NATS, Redis
+//! RESP): what a client sends, and decoding what a server sends into `Event`s.
 
 use clap::ValueEnum;
 use memchr::memchr;
@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub enum Proto {
     /// Our line protocol (publish to data-source, subscribe at subscriber)
     Fanout,
+    /// Our servers over WebSocket: each command and each delivery one text frame
+    Ws,
     /// NATS text protocol
     Nats,
     /// Redis RESP pub/sub
@@ -40,8 +42,11 @@ type Decoded<'a> = Result<Option<(Event<'a>, usize)>, String>;
 impl Proto {
     /// Bytes a new connection sends first.
     pub fn hello(self, out: &mut Vec<u8>) {
-        if self == Proto::Nats {
-            out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+        match self {
+            Proto::Nats => out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n"),
+            // The frames that follow may come before the 101: the server reads them after the head.
+            Proto::Ws => out.extend_from_slice(WS_HANDSHAKE),
+            Proto::Fanout | Proto::Redis => {}
         }
     }
 
@@ -50,6 +55,7 @@ impl Proto {
     pub fn subscribe(self, out: &mut Vec<u8>, topic: &str) {
         match self {
             Proto::Fanout => out.extend_from_slice(format!("subscribe {topic}\n").as_bytes()),
+            Proto::Ws => ws_text(out, format!("subscribe {topic}").as_bytes()),
             Proto::Nats => out.extend_from_slice(format!("SUB {topic} 1\r\nPING\r\n").as_bytes()),
             Proto::Redis => out.extend_from_slice(resp(&["SUBSCRIBE", topic]).as_bytes()),
         }
@@ -59,6 +65,12 @@ impl Proto {
     pub fn publish_frame(self, topic: &str, len: usize) -> (Vec<u8>, &'static [u8]) {
         match self {
             Proto::Fanout => (format!("pub {topic} ").into_bytes(), b"\n"),
+            Proto::Ws => {
+                let cmd = format!("pub {topic} ");
+                let mut head = ws_header(cmd.len() + len);
+                head.extend_from_slice(cmd.as_bytes());
+                (head, b"")
+            }
             Proto::Nats => (format!("PUB {topic} {len}\r\n").into_bytes(), b"\r\n"),
             Proto::Redis => {
                 let head = format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{topic}\r\n${len}\r\n", topic.len());
@@ -69,6 +81,7 @@ impl Proto {
 
     pub fn ping(self, out: &mut Vec<u8>) {
         out.extend_from_slice(match self {
+            Proto::Ws => return ws_text(out, b"ping"),
             Proto::Fanout => b"ping\n",
             Proto::Nats => b"PING\r\n",
             Proto::Redis => b"*1\r\n$4\r\nPING\r\n",
@@ -78,6 +91,7 @@ impl Proto {
     pub fn decode(self, buf: &[u8]) -> Decoded<'_> {
         match self {
             Proto::Fanout => decode_line(buf),
+            Proto::Ws => decode_ws(buf),
             Proto::Nats => decode_nats(buf),
             Proto::Redis => decode_resp(buf),
         }
@@ -119,7 +133,12 @@ fn num<T: std::str::FromStr>(s: &[u8]) -> Result<T, String> {
 fn decode_line(buf: &[u8]) -> Decoded<'_> {
     let Some(nl) = memchr(b'\n', buf) else { return Ok(None) };
     let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
-    let ev = if let Some(rest) = after(line, b"Received [") {
+    Ok(Some((line_event(line)?, nl + 1)))
+}
+
+/// What one line (or one WebSocket text message) of our protocol says.
+fn line_event(line: &[u8]) -> Result<Event<'_>, String> {
+    Ok(if let Some(rest) = after(line, b"Received [") {
         // Topics never contain ']'.
         let end = memchr(b']', rest).filter(|&e| rest[e..].starts_with(b"]: ")).ok_or("bad 'Received' line")?;
         Event::Message { topic: &rest[..end], payload: &rest[end + 3..] }
@@ -131,8 +150,61 @@ fn decode_line(buf: &[u8]) -> Decoded<'_> {
         Event::Error(line)
     } else {
         Event::Other // welcome line and anything informational
+    })
+}
+
+/// The opening handshake (the key is RFC 6455's example: the bench checks no accept key).
+const WS_HANDSHAKE: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// The header of a client's final text frame of `len` bytes, masked with a
+/// zero key, so that the payload goes out as it is (the server still unmasks).
+fn ws_header(len: usize) -> Vec<u8> {
+    let mut h = vec![0x81];
+    match len {
+        0..=125 => h.push(0x80 | len as u8),
+        126..=0xFFFF => {
+            h.push(0x80 | 126);
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            h.push(0x80 | 127);
+            h.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    h.extend_from_slice(&[0; 4]);
+    h
+}
+
+fn ws_text(out: &mut Vec<u8>, text: &[u8]) {
+    out.extend_from_slice(&ws_header(text.len()));
+    out.extend_from_slice(text);
+}
+
+/// Our protocol over WebSocket: the 101 response, then unmasked server frames.
+fn decode_ws(buf: &[u8]) -> Decoded<'_> {
+    if buf.starts_with(b"HTTP/") {
+        let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else { return Ok(None) };
+        if !buf.starts_with(b"HTTP/1.1 101 ") {
+            return Err(format!("handshake refused: {:?}", String::from_utf8_lossy(&buf[..end])));
+        }
+        return Ok(Some((Event::Other, end + 4)));
+    }
+    let [b0, b1, ..] = *buf else { return Ok(None) };
+    let (len, at) = match b1 & 0x7F {
+        126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10),
+        126 | 127 => return Ok(None),
+        n => (usize::from(n), 2),
     };
-    Ok(Some((ev, nl + 1)))
+    let Some(payload) = buf.get(at..at + len) else { return Ok(None) };
+    let ev = match b0 & 0x0F {
+        0x1 => line_event(payload)?,
+        0x8 => Event::Error(payload),
+        0x9 | 0xA => Event::Other,
+        op => return Err(format!("unexpected WebSocket frame opcode {op:#x}")),
+    };
+    Ok(Some((ev, at + len)))
 }
 
 /// NATS: CRLF-terminated control lines; MSG is followed by its payload.
@@ -240,6 +312,12 @@ mod tests {
         assert!(matches!(ev, Event::Message { topic: b"t1", payload: b"abc" }) && n == buf.len());
         assert!(decode_resp(&buf[..buf.len() - 1]).unwrap().is_none());
         assert!(matches!(decode_resp(b":12\r\n").unwrap().unwrap().0, Event::Ack(12)));
+        let buf = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x10Received [t1]: x";
+        let (ev, n) = decode_ws(buf).unwrap().unwrap();
+        assert!(matches!(ev, Event::Other) && n == buf.len() - 18);
+        assert!(decode_ws(&buf[n..buf.len() - 1]).unwrap().is_none());
+        let (ev, _) = decode_ws(&buf[n..]).unwrap().unwrap();
+        assert!(matches!(ev, Event::Message { topic: b"t1", payload: b"x" }));
         let mut p = Vec::new();
         payload::put(&mut p, 42, 7, &[b'.'; 32]);
         assert_eq!(payload::parse(&p, 64), Some((42, 7)));

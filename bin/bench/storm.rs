@@ -43,7 +43,7 @@ pub struct StormArgs {
 const WAIT: Duration = Duration::from_secs(60);
 
 pub fn storm(a: &StormArgs) -> Result<(), String> {
-    if a.proto == Proto::Redis || a.conns == 0 || a.topics < a.conns {
+    if matches!(a.proto, Proto::Redis | Proto::Ws) || a.conns == 0 || a.topics < a.conns {
         return Err("storm: --proto fanout or nats, --conns above 0, --topics at least --conns".into());
     }
     let per = a.topics / a.conns;

@@ -102,6 +102,23 @@ pub fn table(files: &[PathBuf], runs: Option<usize>) -> Result<(), String> {
             );
         }
     }
+    // Our servers over WebSocket, beside our line protocol, where measured.
+    let ws_names: Vec<_> = names.iter().filter(|(name, _)| !group(name, Proto::Ws).is_empty()).collect();
+    if !ws_names.is_empty() {
+        println!("\nThe same servers over WebSocket (`--proto ws`) beside the line protocol{n}.\n");
+        println!("| scenario | metric | lines | WebSocket | WebSocket/lines |");
+        println!("|---|---|--:|--:|--:|");
+        for (name, sc) in ws_names {
+            for (label, f) in metrics(*sc) {
+                let (lines, ws) = (cell(&group(name, Proto::Fanout), f), cell(&group(name, Proto::Ws), f));
+                let ratio = match (lines.0, ws.0) {
+                    (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+                    _ => "–".into(),
+                };
+                println!("| {name} | {label} | {} | {} | {ratio} |", lines.1, ws.1);
+            }
+        }
+    }
     println!("\nCPU during the publish phase in % of one core (all cores = {}), medians:", cores());
     println!("bench / server (all its processes); runs shorter than 0.5 s are left out.\n");
     println!("| scenario | fanout | NATS | Redis |");
