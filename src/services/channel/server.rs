@@ -41,6 +41,9 @@ const MAX_HANDSHAKES: usize = 256;
 /// With the read buffer sized to it, an unauthenticated connection holds
 /// about 1.3 KB of user-space memory.
 const MAX_HELLO_FRAME: usize = 2 + MAX_SECRET;
+/// Connections closed before their hello are logged in one line per kind at
+/// most this often.
+const LOG_EVERY: Duration = Duration::from_secs(1);
 
 struct Peer {
     stream: TcpStream,
@@ -145,6 +148,8 @@ struct Handshakes {
     timed_out: u64,
     evicted: u64,
     last: Option<SocketAddr>,
+    /// When those counts were last logged.
+    logged: Option<Instant>,
 }
 
 pub struct ChannelServer {
@@ -466,10 +471,18 @@ impl ChannelServer {
         self.handshakes.queue.front().map(|e| e.2)
     }
 
-    /// Logs the connections closed before their hello since the last call: one
-    /// line per kind and event-loop turn, so a flood does not flood the log.
-    fn log_handshakes(&mut self) {
+    /// Logs the connections closed before their hello, one line per kind at
+    /// most every LOG_EVERY, so a flood does not flood the log. Returns when
+    /// to log what is counted and not logged yet.
+    fn log_handshakes(&mut self, now: Instant) -> Option<Instant> {
         let h = &mut self.handshakes;
+        if h.timed_out + h.evicted == 0 {
+            return None;
+        }
+        if let Some(due) = h.logged.map(|t| t + LOG_EVERY).filter(|due| *due > now) {
+            return Some(due);
+        }
+        h.logged = Some(now);
         let last = h.last.map(|a| a.to_string()).unwrap_or_default();
         if h.timed_out > 0 {
             let n = std::mem::take(&mut h.timed_out);
@@ -483,6 +496,7 @@ impl ChannelServer {
                 "closed {n} connection(s) without a hello to make room: at most {MAX_HANDSHAKES} may wait (the last from {last})"
             );
         }
+        None
     }
 }
 
@@ -545,7 +559,7 @@ impl Service for ChannelServer {
             self.flush(key);
         }
         let handshake = self.expire_handshakes(reg);
-        self.log_handshakes();
+        let log = self.log_handshakes(Instant::now());
         self.cut_off_stalled();
         let now = Instant::now();
         for (key, p) in self.peers.slab.iter() {
@@ -586,7 +600,7 @@ impl Service for ChannelServer {
         } else {
             let stall = self.peers.slab.iter().filter_map(|(_, p)| p.stalled_since).min().map(|t| t + STALL_TIMEOUT);
             let linger = self.peers.slab.iter().filter_map(|(_, p)| p.linger).min();
-            [stall, linger, handshake].into_iter().flatten().min()
+            [stall, linger, handshake, log].into_iter().flatten().min()
         }
     }
 
