@@ -92,6 +92,23 @@ pub struct ChannelConfig {
     pub secret_file: Option<PathBuf>,
     pub max_topics: usize,
     pub max_topics_per_worker: usize,
+    /// Where the message log lives; `None`: in memory only.
+    pub data_dir: Option<PathBuf>,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    /// Retention per topic (messages, payload bytes, seconds) and in total (log bytes).
+    pub retain_messages: u64,
+    pub retain_bytes: u64,
+    pub retain_age_s: Option<u64>,
+    pub retain_total: u64,
+}
+
+/// When the channel server's data directory is synced (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsyncPolicy {
+    Always,
+    Interval,
+    Never,
 }
 
 /// Most topics one client connection may subscribe to.

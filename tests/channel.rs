@@ -23,7 +23,11 @@ fn a_worker_that_stops_reading_is_cut_off_and_others_keep_receiving() {
     source.wait_linked();
     // A "worker" that subscribes and then never reads again.
     let mut stuck = TcpStream::connect(&ch.addr).unwrap();
-    stuck.write_all(&[frame(1, &[fanout::protocol::frame::VERSION]), frame(3, b"topic1")].concat()).unwrap();
+    stuck
+        .write_all(
+            &[frame(1, &[fanout::protocol::frame::VERSION]), frame(3, &[&[0u8; 8][..], b"topic1"].concat())].concat(),
+        )
+        .unwrap();
     let mut reader = sub.connect();
     reader.subscribe(&["topic1"]);
     // Publishers wait while the stuck link is over its limit (up to 5 s).

@@ -179,6 +179,22 @@ impl Server {
         (_, self.master) = launch(&self.exe, self.name, &self.pid_file, &self.log_file, &self.addr, &extra);
     }
 
+    /// SIGKILLs the whole server (master and workers), waits until they are
+    /// gone, and starts it again on the same address with the same flags.
+    pub fn kill_and_restart(&mut self) {
+        let mut pids = self.worker_pids();
+        pids.push(self.master);
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.master), nix::sys::signal::SIGKILL);
+        let deadline = Instant::now() + WAIT;
+        while pids.iter().any(|p| alive(*p)) {
+            assert!(Instant::now() < deadline, "{} did not die of SIGKILL", self.name);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        (_, self.master) = launch(&self.exe, self.name, &self.pid_file, &self.log_file, &self.addr, &extra);
+    }
+
     fn stop_here(&self, extra: &[&str]) {
         let mut pids = self.worker_pids();
         pids.push(self.master);

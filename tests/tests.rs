@@ -7,6 +7,7 @@ mod channel;
 mod errors;
 mod fanout;
 mod lifecycle;
+mod numbered;
 mod ops;
 mod reload;
 mod robustness;

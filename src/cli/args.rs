@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ChannelConfig, Config, PubSubConfig, Role, RoleKind, Spec};
+use crate::config::{ChannelConfig, Config, FsyncPolicy, PubSubConfig, Role, RoleKind, Spec};
 use crate::protocol::{frame::MAX_MESSAGE, topic};
 
 #[derive(Debug, Parser)]
@@ -145,6 +145,40 @@ pub struct ChannelArgs {
     /// Most topics one worker may subscribe to; a SUB past it is refused the same way
     #[arg(long, value_name = "N", default_value_t = 1 << 18)]
     pub max_topics_per_worker: usize,
+    /// Keep the retained messages in an append-only log in DIR, so that a
+    /// restart (or a crash) loses nothing confirmed; without it they are in
+    /// memory only and a restart forgets them
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: `always` syncs every event-loop turn's writes before
+    /// confirming or forwarding them (a power cut loses nothing confirmed);
+    /// `interval` syncs every --fsync-interval-ms (a power cut loses at most
+    /// that much; a crash of the server alone loses nothing); `never` leaves
+    /// syncing to the OS
+    #[arg(long, value_enum, default_value = "interval")]
+    pub fsync: FsyncArg,
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub fsync_interval_ms: u64,
+    /// Messages retained per topic (for resume, history and subscribers that fall behind)
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub retain_messages: u64,
+    /// Payload bytes retained per topic
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub retain_bytes: u64,
+    /// Drop messages older than this many seconds [default: no age bound]
+    #[arg(long, value_name = "SECONDS")]
+    pub retain_age: Option<u64>,
+    /// Bytes of log (all topics, headers included) retained in total; past it
+    /// the oldest messages go first, whatever their topic's own bounds
+    #[arg(long, value_name = "BYTES", default_value_t = 512 << 20)]
+    pub retain_total: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FsyncArg {
+    Always,
+    Interval,
+    Never,
 }
 
 /// Turns a server's own flags into its part of the configuration.
@@ -188,11 +222,25 @@ impl RoleArgs for ChannelArgs {
     }
 
     fn role(&self) -> Result<Role, String> {
+        if self.retain_messages == 0 {
+            return Err("--retain-messages must be at least 1".into());
+        }
         Ok(Role::Channel(ChannelConfig {
             max_link_buffer: self.max_link_buffer.max(MAX_MESSAGE * 2),
             secret_file: absolute(self.secret_file.as_ref()),
             max_topics: self.max_topics,
             max_topics_per_worker: self.max_topics_per_worker,
+            data_dir: absolute(self.data_dir.as_ref()),
+            fsync: match self.fsync {
+                FsyncArg::Always => FsyncPolicy::Always,
+                FsyncArg::Interval => FsyncPolicy::Interval,
+                FsyncArg::Never => FsyncPolicy::Never,
+            },
+            fsync_interval_ms: self.fsync_interval_ms.max(1),
+            retain_messages: self.retain_messages,
+            retain_bytes: self.retain_bytes,
+            retain_age_s: self.retain_age.filter(|s| *s > 0),
+            retain_total: self.retain_total,
         }))
     }
 }

@@ -314,7 +314,7 @@ fn print_status(s: &Status) {
         s.workers.len()
     );
     println!(
-        "{:>3} {:>8} {:>9} {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} version",
+        "{:>3} {:>8} {:>9} {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>5} {:>10} {:<9} version",
         "id",
         "pid",
         "memory",
@@ -326,6 +326,7 @@ fn print_status(s: &Status) {
         "queued",
         "dropped",
         "slow",
+        "gaps",
         "link",
         "state"
     );
@@ -334,7 +335,7 @@ fn print_status(s: &Status) {
     for w in &s.workers {
         let t = &w.stats;
         println!(
-            "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>10} {:<9} {}",
+            "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>5} {:>10} {:<9} {}",
             w.id,
             w.pid,
             w.memory_kb,
@@ -346,6 +347,7 @@ fn print_status(s: &Status) {
             t.bytes_queued,
             t.dropped,
             t.slow_consumers,
+            t.gaps,
             t.link,
             t.state,
             t.version
@@ -358,9 +360,10 @@ fn print_status(s: &Status) {
         total.bytes_queued += t.bytes_queued;
         total.dropped += t.dropped;
         total.slow_consumers += t.slow_consumers;
+        total.gaps += t.gaps;
     }
     println!(
-        "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5}",
+        "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>5}",
         "all",
         "",
         memory,
@@ -371,6 +374,13 @@ fn print_status(s: &Status) {
         total.msgs_out,
         total.bytes_queued,
         total.dropped,
-        total.slow_consumers
+        total.slow_consumers,
+        total.gaps
     );
+    for w in s.workers.iter().filter_map(|w| w.stats.retained) {
+        println!(
+            "retained: {} message(s), {} bytes of payload, {} topic(s); {} bytes of log",
+            w.messages, w.bytes, w.topics, w.log_bytes
+        );
+    }
 }

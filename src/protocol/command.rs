@@ -15,10 +15,29 @@ pub enum Command<'a> {
     Subscribe(Topics<'a>),
     /// `unsubscribe [topic …]`.
     Unsubscribe(Topics<'a>),
+    /// `resume <topic> <seq>`.
+    Resume {
+        topic: &'a [u8],
+        from: u64,
+    },
+    /// `history <topic> [<n>]`.
+    History {
+        topic: &'a [u8],
+        n: u32,
+    },
+    /// `info <topic>`.
+    Info(&'a [u8]),
+    /// `seq on|off`.
+    Seq(bool),
+    /// `confirm on|off`.
+    Confirm(bool),
     Ping,
     Help,
     Quit,
 }
+
+/// The most messages one `history` shows.
+pub const MAX_HISTORY: u32 = 1000;
 
 /// The topic arguments of a subscribe/unsubscribe line (whitespace-separated,
 /// each one valid). Empty means "the default" / "all".
@@ -67,6 +86,47 @@ pub fn parse(line: &[u8]) -> Result<Option<Command<'_>>, String> {
         Command::Subscribe(topics(args)?)
     } else if is("unsubscribe") || is("unsub") {
         Command::Unsubscribe(topics(args)?)
+    } else if is("resume") {
+        match words(args)[..] {
+            [topic, seq] => {
+                topic::check(topic).map_err(|e| e.to_string())?;
+                Command::Resume {
+                    topic,
+                    from: number(seq).filter(|n| *n > 0).ok_or("usage: resume <topic> <seq> (seq from 1)")?,
+                }
+            }
+            _ => return Err("usage: resume <topic> <seq>".into()),
+        }
+    } else if is("history") {
+        let usage = || format!("usage: history <topic> [n] (n from 1 to {MAX_HISTORY})");
+        let (topic, n) = match words(args)[..] {
+            [topic] => (topic, 10),
+            [topic, n] => {
+                (topic, number(n).filter(|n| (1..=u64::from(MAX_HISTORY)).contains(n)).ok_or_else(usage)? as u32)
+            }
+            _ => return Err(usage()),
+        };
+        topic::check(topic).map_err(|e| e.to_string())?;
+        Command::History { topic, n }
+    } else if is("info") {
+        match words(args)[..] {
+            [topic] => {
+                topic::check(topic).map_err(|e| e.to_string())?;
+                Command::Info(topic)
+            }
+            _ => return Err("usage: info <topic>".into()),
+        }
+    } else if is("seq") || is("confirm") {
+        let on = match words(args)[..] {
+            [w] if w.eq_ignore_ascii_case(b"on") => true,
+            [w] if w.eq_ignore_ascii_case(b"off") => false,
+            _ => return Err(format!("usage: {} on|off", if is("seq") { "seq" } else { "confirm" })),
+        };
+        if is("seq") {
+            Command::Seq(on)
+        } else {
+            Command::Confirm(on)
+        }
     } else if is("ping") && args.iter().all(|b| is_space(*b)) {
         Command::Ping
     } else if is("help") {
@@ -84,6 +144,15 @@ fn topics(args: &[u8]) -> Result<Topics<'_>, String> {
     let t = Topics(args);
     t.iter().try_for_each(topic::check).map_err(|e| e.to_string())?;
     Ok(t)
+}
+
+fn words(args: &[u8]) -> Vec<&[u8]> {
+    args.split(|b| is_space(*b)).filter(|w| !w.is_empty()).collect()
+}
+
+/// A decimal number without sign, up to u64.
+fn number(w: &[u8]) -> Option<u64> {
+    std::str::from_utf8(w).ok().filter(|s| s.bytes().all(|b| b.is_ascii_digit())).and_then(|s| s.parse().ok())
 }
 
 fn is_space(b: u8) -> bool {
@@ -112,6 +181,22 @@ mod tests {
         assert_eq!(t.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"b"]);
         let Some(Command::Subscribe(t)) = parse(b"Subscribe").unwrap() else { panic!() };
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn numbered_commands() {
+        assert_eq!(parse(b"resume t 5").unwrap(), Some(Command::Resume { topic: b"t", from: 5 }));
+        assert_eq!(parse(b"history t").unwrap(), Some(Command::History { topic: b"t", n: 10 }));
+        assert_eq!(parse(b"HISTORY t 3").unwrap(), Some(Command::History { topic: b"t", n: 3 }));
+        assert_eq!(parse(b"info t").unwrap(), Some(Command::Info(b"t")));
+        assert_eq!(parse(b"seq ON").unwrap(), Some(Command::Seq(true)));
+        assert_eq!(parse(b"confirm off").unwrap(), Some(Command::Confirm(false)));
+        for bad in [&b"resume t"[..], b"resume t 0", b"resume t -1", b"resume t 1 2", b"history t 0", b"history t 1001"]
+        {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(parse(b"seq maybe").unwrap_err().starts_with("usage: seq"));
+        assert!(parse(b"info").is_err() && parse(b"resume t 99999999999999999999").is_err());
     }
 
     #[test]

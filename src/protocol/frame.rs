@@ -9,12 +9,18 @@ use std::io::{self, Read};
 
 use super::topic;
 
-/// 2 added PING/PONG and SUBERR.
-pub const VERSION: u8 = 2;
+/// 2 added PING/PONG and SUBERR; 3 numbered messages (MSG, PUBACK, FETCH,
+/// INFO, positions in SUB/SUBACK, the epoch in WELCOME, PUBLISH flags).
+pub const VERSION: u8 = 3;
 /// Largest message body a publish can carry.
 pub const MAX_MESSAGE: usize = 1 << 20;
-/// Largest `kind + body` a peer may send; anything larger ends the link.
-pub const MAX_FRAME: usize = 2 + topic::MAX_LEN + MAX_MESSAGE;
+/// Largest `kind + body` a peer may send; anything larger ends the link. A
+/// FETCHED frame carries at least one message of up to MAX_MESSAGE bytes.
+pub const MAX_FRAME: usize = MAX_MESSAGE + 256;
+/// Most messages one FETCHED frame carries (a history asks for at most this).
+pub const FETCH_MESSAGES: usize = 1000;
+/// A FETCHED frame stops adding messages past this many payload bytes.
+pub const FETCH_BYTES: usize = 256 * 1024;
 const LEN: usize = 4;
 
 const HELLO: u8 = 1;
@@ -27,6 +33,15 @@ const ERROR: u8 = 7;
 const SUBERR: u8 = 8;
 const PING: u8 = 9;
 const PONG: u8 = 10;
+const MSG: u8 = 11;
+const PUBACK: u8 = 12;
+const FETCH: u8 = 13;
+const FETCHED: u8 = 14;
+const INFO: u8 = 15;
+const INFOED: u8 = 16;
+
+/// The PUBLISH flag asking for a PUBACK.
+const CONFIRM: u8 = 1;
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Frame<'a> {
@@ -35,16 +50,29 @@ pub enum Frame<'a> {
         version: u8,
         secret: &'a [u8],
     },
-    /// server → worker: the hello was accepted.
+    /// server → worker: the hello was accepted; the store's epoch (new
+    /// whenever the server starts without its data directory).
     Welcome {
         version: u8,
+        epoch: u64,
     },
-    Sub(&'a [u8]),
-    /// server → worker: the subscription to this topic is in effect.
-    SubAck(&'a [u8]),
+    /// worker → server: live messages of `topic` from now on. `from` is the
+    /// next number the worker wants (0: none yet); a number past the topic's
+    /// newest + 1 on a topic that retains nothing moves its numbering up to
+    /// it (positions from before a restart without a data directory).
+    Sub {
+        from: u64,
+        topic: &'a [u8],
+    },
+    /// server → worker: in effect; `next` is the number of the next message.
+    SubAck {
+        next: u64,
+        topic: &'a [u8],
+    },
     Unsub(&'a [u8]),
-    /// Both ways: a worker publishes, the server forwards the same bytes.
+    /// worker → server; `confirm` asks for a PUBACK once it is committed.
     Publish {
+        confirm: bool,
         topic: &'a [u8],
         message: &'a [u8],
     },
@@ -58,6 +86,50 @@ pub enum Frame<'a> {
     /// worker → server: are you there? Answered by PONG.
     Ping,
     Pong,
+    /// server → worker: a committed message of a subscribed topic.
+    Msg {
+        seq: u64,
+        topic: &'a [u8],
+        message: &'a [u8],
+    },
+    /// server → worker: a publish that asked for it is committed as `seq`;
+    /// PUBACKs come in the order of those publishes.
+    PubAck {
+        seq: u64,
+        topic: &'a [u8],
+    },
+    /// worker → server: retained messages numbered `from` or later (at most
+    /// `limit`, and FETCH_BYTES); `from` 0: the newest `limit` (history).
+    Fetch {
+        req: u32,
+        from: u64,
+        limit: u32,
+        topic: &'a [u8],
+    },
+    /// server → worker: the answer to FETCH `req`. `gap`: numbers asked for
+    /// and no longer retained; then the messages numbered `first`, `first + 1`,
+    /// … (see `messages`), and `next`, where to read on.
+    Fetched {
+        req: u32,
+        gap: Option<(u64, u64)>,
+        first: u64,
+        next: u64,
+        topic: &'a [u8],
+        messages: &'a [u8],
+    },
+    /// worker → server: what `topic` retains.
+    Info {
+        req: u32,
+        topic: &'a [u8],
+    },
+    /// server → worker: the answer to INFO `req`.
+    Infoed {
+        req: u32,
+        first: u64,
+        last: u64,
+        messages: u64,
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -83,22 +155,57 @@ impl std::error::Error for DecodeError {}
 impl Frame<'_> {
     /// Appends the encoded frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let be = u64::to_be_bytes;
         match *self {
             Frame::Hello { version, secret } => put(out, HELLO, &[&[version], secret]),
-            Frame::Welcome { version } => put(out, WELCOME, &[&[version]]),
-            Frame::Sub(t) => put(out, SUB, &[t]),
-            Frame::SubAck(t) => put(out, SUBACK, &[t]),
+            Frame::Welcome { version, epoch } => put(out, WELCOME, &[&[version], &be(epoch)]),
+            Frame::Sub { from, topic } => put(out, SUB, &[&be(from), topic]),
+            Frame::SubAck { next, topic } => put(out, SUBACK, &[&be(next), topic]),
             Frame::Unsub(t) => put(out, UNSUB, &[t]),
-            Frame::Publish { topic, message } => {
-                debug_assert!(topic.len() <= topic::MAX_LEN);
-                put(out, PUBLISH, &[&[topic.len() as u8], topic, message])
+            Frame::Publish { confirm, topic, message } => {
+                put(out, PUBLISH, &[&[u8::from(confirm) * CONFIRM, topic.len() as u8], topic, message])
             }
             Frame::Error(why) => put(out, ERROR, &[why]),
             Frame::SubErr { topic, reason } => put(out, SUBERR, &[&[topic.len() as u8], topic, reason]),
             Frame::Ping => put(out, PING, &[]),
             Frame::Pong => put(out, PONG, &[]),
+            Frame::Msg { seq, topic, message } => put(out, MSG, &[&be(seq), &[topic.len() as u8], topic, message]),
+            Frame::PubAck { seq, topic } => put(out, PUBACK, &[&be(seq), topic]),
+            Frame::Fetch { req, from, limit, topic } => {
+                put(out, FETCH, &[&req.to_be_bytes(), &be(from), &limit.to_be_bytes(), topic])
+            }
+            Frame::Fetched { req, gap, first, next, topic, messages } => {
+                let (g0, g1) = gap.unwrap_or((0, 0));
+                let head = [&req.to_be_bytes()[..], &be(g0), &be(g1), &be(first), &be(next), &[topic.len() as u8]];
+                put(out, FETCHED, &[&head.concat(), topic, messages])
+            }
+            Frame::Info { req, topic } => put(out, INFO, &[&req.to_be_bytes(), topic]),
+            Frame::Infoed { req, first, last, messages, bytes } => {
+                put(out, INFOED, &[&req.to_be_bytes(), &be(first), &be(last), &be(messages), &be(bytes)])
+            }
         }
     }
+}
+
+/// Appends one message to the `messages` of a FETCHED frame being built.
+pub fn put_fetched(messages: &mut Vec<u8>, message: &[u8]) {
+    messages.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    messages.extend_from_slice(message);
+}
+
+/// The messages of a FETCHED frame (checked when it was decoded).
+pub fn fetched(mut messages: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (len, rest) = messages.split_first_chunk::<4>()?;
+        let (m, rest) = rest.split_at(u32::from_be_bytes(*len) as usize);
+        messages = rest;
+        Some(m)
+    })
+}
+
+/// Encodes a MSG frame for `seq` straight into `out`.
+pub fn put_msg(out: &mut Vec<u8>, seq: u64, topic: &[u8], message: &[u8]) {
+    Frame::Msg { seq, topic, message }.encode(out)
 }
 
 /// The length of the encoded frame that `buf` starts with, prefix included
@@ -116,48 +223,96 @@ fn put(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
     }
 }
 
+/// Reads fixed-size fields off the front of a body.
+struct Body<'a>(&'a [u8]);
+
+impl<'a> Body<'a> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, rest) = self.0.split_first_chunk::<N>().ok_or(DecodeError::Malformed("frame too short"))?;
+        self.0 = rest;
+        Ok(*head)
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.take().map(u64::from_be_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.take().map(u32::from_be_bytes)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.take::<1>().map(|b| b[0])
+    }
+    /// A topic filling the rest of the body.
+    fn topic(self) -> Result<&'a [u8], DecodeError> {
+        topic::check_len(self.0).map_err(|_| DecodeError::Malformed("bad topic length"))?;
+        Ok(self.0)
+    }
+    /// A topic of `n` bytes, then the rest.
+    fn topic_then_rest(self, n: u8) -> Result<(&'a [u8], &'a [u8]), DecodeError> {
+        let n = n as usize;
+        if self.0.len() < n {
+            return Err(DecodeError::Malformed("topic overruns frame"));
+        }
+        let (t, rest) = self.0.split_at(n);
+        Body(t).topic().map(|t| (t, rest))
+    }
+}
+
 /// Decodes `kind + body` (the bytes after the length).
 fn decode_body(b: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let (&kind, body) = b.split_first().ok_or(DecodeError::Malformed("empty frame"))?;
-    let topic = |t: &'_ [u8]| topic::check_len(t).map_err(|_| DecodeError::Malformed("bad topic length"));
+    let mut b = Body(body);
     Ok(match kind {
-        HELLO => {
-            let (&version, secret) = body.split_first().ok_or(DecodeError::Malformed("hello without version"))?;
-            Frame::Hello { version, secret }
+        HELLO => Frame::Hello { version: b.u8()?, secret: b.0 },
+        WELCOME => {
+            let (version, epoch) = (b.u8()?, b.u64()?);
+            if !b.0.is_empty() {
+                return Err(DecodeError::Malformed("bad welcome"));
+            }
+            Frame::Welcome { version, epoch }
         }
-        WELCOME => match body {
-            [version] => Frame::Welcome { version: *version },
-            _ => return Err(DecodeError::Malformed("bad welcome")),
-        },
-        SUB | SUBACK | UNSUB => {
-            topic(body)?;
-            match kind {
-                SUB => Frame::Sub(body),
-                SUBACK => Frame::SubAck(body),
-                _ => Frame::Unsub(body),
-            }
-        }
-        PUBLISH | SUBERR => {
-            let publish = kind == PUBLISH;
-            let (&n, rest) = body.split_first().ok_or(DecodeError::Malformed(match publish {
-                true => "publish without topic",
-                false => "suberr without topic",
-            }))?;
-            let n = n as usize;
-            if rest.len() < n {
-                return Err(DecodeError::Malformed(match publish {
-                    true => "publish topic overruns frame",
-                    false => "suberr topic overruns frame",
-                }));
-            }
-            topic(&rest[..n])?;
-            let (t, rest) = rest.split_at(n);
-            match publish {
-                true => Frame::Publish { topic: t, message: rest },
-                false => Frame::SubErr { topic: t, reason: rest },
-            }
+        SUB => Frame::Sub { from: b.u64()?, topic: b.topic()? },
+        SUBACK => Frame::SubAck { next: b.u64()?, topic: b.topic()? },
+        UNSUB => Frame::Unsub(b.topic()?),
+        PUBLISH => {
+            let (flags, n) = (b.u8()?, b.u8()?);
+            let (topic, message) = b.topic_then_rest(n)?;
+            Frame::Publish { confirm: flags & CONFIRM != 0, topic, message }
         }
         ERROR => Frame::Error(body),
+        MSG => {
+            let (seq, n) = (b.u64()?, b.u8()?);
+            let (topic, message) = b.topic_then_rest(n)?;
+            Frame::Msg { seq, topic, message }
+        }
+        PUBACK => Frame::PubAck { seq: b.u64()?, topic: b.topic()? },
+        FETCH => Frame::Fetch { req: b.u32()?, from: b.u64()?, limit: b.u32()?, topic: b.topic()? },
+        FETCHED => {
+            let (req, g0, g1, first, next, n) = (b.u32()?, b.u64()?, b.u64()?, b.u64()?, b.u64()?, b.u8()?);
+            let (topic, messages) = b.topic_then_rest(n)?;
+            let mut rest = messages;
+            let mut count = 0u64;
+            while !rest.is_empty() {
+                let mut m = Body(rest);
+                let len = m.u32()? as usize;
+                if m.0.len() < len {
+                    return Err(DecodeError::Malformed("fetched message overruns frame"));
+                }
+                rest = &m.0[len..];
+                count += 1;
+            }
+            if first + count != next && count > 0 {
+                return Err(DecodeError::Malformed("fetched messages do not end at next"));
+            }
+            let gap = (g0 != 0).then_some((g0, g1));
+            Frame::Fetched { req, gap, first, next, topic, messages }
+        }
+        INFO => Frame::Info { req: b.u32()?, topic: b.topic()? },
+        INFOED => Frame::Infoed { req: b.u32()?, first: b.u64()?, last: b.u64()?, messages: b.u64()?, bytes: b.u64()? },
+        SUBERR => {
+            let n = b.u8()?;
+            let (topic, reason) = b.topic_then_rest(n)?;
+            Frame::SubErr { topic, reason }
+        }
         PING | PONG if !body.is_empty() => return Err(DecodeError::Malformed("ping or pong with a body")),
         PING => Frame::Ping,
         PONG => Frame::Pong,
@@ -173,6 +328,20 @@ fn decode_body(b: &[u8]) -> Result<Frame<'_>, DecodeError> {
 
 fn is_publish(frame: &[u8]) -> bool {
     frame.get(LEN) == Some(&PUBLISH)
+}
+
+fn is_confirmed_publish(frame: &[u8]) -> bool {
+    is_publish(frame) && frame.get(LEN + 1).is_some_and(|f| f & CONFIRM != 0)
+}
+
+/// How many publishes asking for a confirm `buf` holds.
+pub fn count_confirms(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while buf.len() > LEN {
+        n += u64::from(is_confirmed_publish(buf));
+        buf = &buf[encoded_len(buf).min(buf.len())..];
+    }
+    n
 }
 
 /// The start of the frame that byte `at` of `buf` belongs to, or `at` itself
@@ -216,16 +385,6 @@ pub fn count_publishes(mut buf: &[u8]) -> u64 {
         buf = &buf[encoded_len(buf).min(buf.len())..];
     }
     n
-}
-
-/// Where the first publish not yet started begins, `written` bytes being out
-/// (the end of `buf` if there is none).
-pub fn first_unstarted_publish(buf: &[u8], written: usize) -> usize {
-    let mut at = 0;
-    while at < buf.len() && (at < written || !is_publish(&buf[at..])) {
-        at += encoded_len(&buf[at..]);
-    }
-    at
 }
 
 /// The publishes of `buf` not yet started when `written` bytes are out, and
@@ -361,13 +520,23 @@ mod tests {
 
     #[test]
     fn round_trip_split_bytewise() {
+        let mut messages = Vec::new();
+        put_fetched(&mut messages, b"one");
+        put_fetched(&mut messages, b"");
         let frames = [
-            Frame::Hello { version: 1, secret: b"s3cret" },
-            Frame::Welcome { version: 1 },
-            Frame::Sub(b"topic1"),
-            Frame::SubAck(b"topic1"),
-            Frame::Publish { topic: b"topic1", message: b"hello world" },
-            Frame::Publish { topic: b"t", message: b"" },
+            Frame::Hello { version: 2, secret: b"s3cret" },
+            Frame::Welcome { version: 2, epoch: 0xdead_beef_0000_0001 },
+            Frame::Sub { from: 7, topic: b"topic1" },
+            Frame::SubAck { next: 9, topic: b"topic1" },
+            Frame::Publish { confirm: false, topic: b"topic1", message: b"hello world" },
+            Frame::Publish { confirm: true, topic: b"t", message: b"" },
+            Frame::Msg { seq: u64::MAX, topic: b"t", message: b"m" },
+            Frame::PubAck { seq: 3, topic: b"t" },
+            Frame::Fetch { req: 5, from: 0, limit: 10, topic: b"t" },
+            Frame::Fetched { req: 5, gap: Some((1, 4)), first: 5, next: 7, topic: b"t", messages: &messages },
+            Frame::Fetched { req: 6, gap: None, first: 7, next: 7, topic: b"t", messages: b"" },
+            Frame::Info { req: 1, topic: b"t" },
+            Frame::Infoed { req: 1, first: 2, last: 3, messages: 2, bytes: 10 },
             Frame::Unsub(b"topic1"),
             Frame::Error(b"bye"),
             Frame::SubErr { topic: b"t", reason: b"too many topics" },
@@ -380,50 +549,61 @@ mod tests {
         let bytewise: Vec<&[u8]> = data.chunks(1).collect();
         assert_eq!(decode_all(&bytewise).unwrap(), want);
         assert_eq!(decode_all(&[&data]).unwrap(), want);
+        assert_eq!(fetched(&messages).collect::<Vec<_>>(), [&b"one"[..], b""]);
     }
 
     #[test]
     fn large_frame_grows_buffer() {
         let msg = vec![b'x'; MAX_MESSAGE];
         let mut data = Vec::new();
-        Frame::Publish { topic: b"t", message: &msg }.encode(&mut data);
-        assert_eq!(decode_all(&[&data]).unwrap().len(), 1);
+        Frame::Publish { confirm: false, topic: &[b't'; 128], message: &msg }.encode(&mut data);
+        let mut messages = Vec::new();
+        put_fetched(&mut messages, &msg);
+        let (gap, topic) = (Some((u64::MAX, u64::MAX)), &[b't'; 128]);
+        Frame::Fetched { req: u32::MAX, gap, first: 1, next: 2, topic, messages: &messages }.encode(&mut data);
+        assert_eq!(decode_all(&[&data]).unwrap().len(), 2);
     }
 
     #[test]
     fn rejects_bad_frames() {
         assert_eq!(decode_all(&[&[0xff, 0xff, 0xff, 0xff]]), Err(DecodeError::TooLarge(u32::MAX as usize, MAX_FRAME)));
         assert_eq!(decode_all(&[&[0, 0, 0, 1, 99]]), Err(DecodeError::UnknownKind(99)));
-        assert!(decode_all(&[&[0, 0, 0, 3, PUBLISH, 5, b'a']]).is_err());
+        assert!(decode_all(&[&[0, 0, 0, 4, PUBLISH, 0, 5, b'a']]).is_err());
         assert!(decode_all(&[&[0, 0, 0, 0]]).is_err());
         assert!(decode_all(&[&[0, 0, 0, 1, SUB]]).is_err());
+        let mut bad = Vec::new();
+        Frame::Fetched { req: 1, gap: None, first: 1, next: 3, topic: b"t", messages: &[0, 0, 0, 1, b'x'] }
+            .encode(&mut bad);
+        assert!(decode_all(&[&bad]).is_err(), "one message cannot end at 3");
+        bad.clear();
+        Frame::Fetched { req: 1, gap: None, first: 1, next: 2, topic: b"t", messages: &[0, 0, 0, 9, b'x'] }
+            .encode(&mut bad);
+        assert!(decode_all(&[&bad]).is_err(), "a message longer than the frame");
     }
 
     #[test]
     fn queued_frames_are_walked_from_their_starts() {
         let mut buf = Vec::new();
-        for m in [&b"aa"[..], b"bbbb", b"c"] {
-            Frame::Publish { topic: b"t", message: m }.encode(&mut buf);
+        for (m, confirm) in [(&b"aa"[..], true), (b"bbbb", false), (b"c", true)] {
+            Frame::Publish { confirm, topic: b"t", message: m }.encode(&mut buf);
         }
-        Frame::SubAck(b"t").encode(&mut buf);
-        Frame::Publish { topic: b"t", message: b"d" }.encode(&mut buf);
-        // Frame lengths on the wire: 4 + 1 + 1 + 1 + len(message) = 9, 11, 8; SUBACK 6; 8.
+        Frame::SubAck { next: 1, topic: b"t" }.encode(&mut buf);
+        Frame::Publish { confirm: true, topic: b"t", message: b"d" }.encode(&mut buf);
+        // Frame lengths on the wire: 4 + 1 + 2 + 1 + len(message) = 10, 12, 9; SUBACK 14; 9.
         assert_eq!(start_of(&buf, 0), 0);
-        assert_eq!(start_of(&buf, 8), 0);
-        assert_eq!(start_of(&buf, 9), 9);
-        assert_eq!(start_of(&buf, 25), 20);
-        assert_eq!((end_of(&buf, 0), end_of(&buf, 3), end_of(&buf, 9)), (0, 9, 9));
-        assert_eq!(count(&buf[start_of(&buf, 10)..]), 4);
+        assert_eq!(start_of(&buf, 9), 0);
+        assert_eq!(start_of(&buf, 10), 10);
+        assert_eq!(start_of(&buf, 28), 22);
+        assert_eq!((end_of(&buf, 0), end_of(&buf, 3), end_of(&buf, 10)), (0, 10, 10));
+        assert_eq!(count(&buf[start_of(&buf, 11)..]), 4);
         assert_eq!(count(&buf), 5);
         assert_eq!(count_publishes(&buf), 4);
-        assert_eq!(count_publishes(&buf[9..]), 3);
-        // Held publishes: the SUBACK after the one being written may go first.
-        assert_eq!(first_unstarted_publish(&buf, 0), 0);
-        assert_eq!(first_unstarted_publish(&buf, 21), 34);
-        let (kept, lost) = unstarted_publishes(&buf, 21);
-        assert_eq!((kept.as_slice(), lost), (&buf[34..], 1));
-        let (kept, lost) = unstarted_publishes(&buf, 20);
-        assert_eq!((kept.len(), lost), (16, 0));
+        assert_eq!(count_publishes(&buf[10..]), 3);
+        assert_eq!((count_confirms(&buf), count_confirms(&buf[10..])), (3, 2));
+        let (kept, lost) = unstarted_publishes(&buf, 23);
+        assert_eq!((kept.as_slice(), lost), (&buf[45..], 1));
+        let (kept, lost) = unstarted_publishes(&buf, 22);
+        assert_eq!((kept.len(), lost), (18, 0));
     }
 
     #[test]
@@ -434,11 +614,12 @@ mod tests {
         assert!(r.buf.len() <= 20, "buffered {} bytes", r.buf.len());
         assert_eq!(r.next_frame().unwrap_err(), DecodeError::TooLarge(17, 16));
         let mut ok = FrameReader::limited(16);
-        let mut hello: &[u8] = &[0, 0, 0, 3, HELLO, 2, b's', 0, 0, 0, 2, SUB, b't'];
+        let mut hello: &[u8] = &[0, 0, 0, 3, HELLO, 3, b's', 0, 0, 0, 10, SUB, 0, 0, 0, 0, 0, 0, 0, 0, b't'];
         ok.read_from(&mut hello).unwrap();
         assert!(matches!(ok.next_frame(), Ok(Some((Frame::Hello { .. }, _)))));
         ok.set_limit(MAX_FRAME);
-        assert!(matches!(ok.next_frame(), Ok(Some((Frame::Sub(b"t"), _)))));
+        ok.read_from(&mut hello).unwrap();
+        assert!(matches!(ok.next_frame(), Ok(Some((Frame::Sub { from: 0, topic: b"t" }, _)))));
     }
 
     proptest! {

@@ -12,6 +12,43 @@ pub fn subscribed(topic: &[u8]) -> [&[u8]; 3] {
     [b"OK subscribed ", topic, b"\n"]
 }
 
+/// `OK subscribed <topic> from <seq>`: the answer to `resume`.
+pub fn subscribed_from(topic: &[u8], from: u64) -> Vec<u8> {
+    [b"OK subscribed ", topic, format!(" from {from}\n").as_bytes()].concat()
+}
+
+/// `OK seq on|off`, `OK confirm on|off`.
+pub fn switched(what: &str, on: bool) -> Vec<u8> {
+    format!("OK {what} {}\n", if on { "on" } else { "off" }).into_bytes()
+}
+
+/// `OK published <topic>#<seq>`: the publish is numbered and committed.
+pub fn published(topic: &[u8], seq: u64) -> Vec<u8> {
+    [b"OK published ", topic, format!("#{seq}\n").as_bytes()].concat()
+}
+
+/// `GAP [<topic>] <first>-<last>`: these numbers are no longer retained (or
+/// were not kept by a restarted channel server); delivery goes on after them.
+pub fn gap(topic: &[u8], first: u64, last: u64) -> Vec<u8> {
+    [b"GAP [", topic, format!("] {first}-{last}\n").as_bytes()].concat()
+}
+
+/// `OK history <topic> <count>`, after the `History` lines.
+pub fn history_end(topic: &[u8], count: usize) -> Vec<u8> {
+    [b"OK history ", topic, format!(" {count}\n").as_bytes()].concat()
+}
+
+/// Appends `History [<topic>#<seq>]: <message>`.
+pub fn history(out: &mut Vec<u8>, topic: &[u8], seq: u64, message: &[u8]) {
+    numbered(out, b"History [", topic, seq, message)
+}
+
+/// `OK topic <topic> first <seq> last <seq> messages <n> bytes <b>`.
+pub fn topic_info(topic: &[u8], first: u64, last: u64, messages: u64, bytes: u64) -> Vec<u8> {
+    let rest = format!(" first {first} last {last} messages {messages} bytes {bytes}\n");
+    [b"OK topic ", topic, rest.as_bytes()].concat()
+}
+
 pub fn unsubscribed(topic: &[u8]) -> [&[u8]; 3] {
     [b"OK unsubscribed ", topic, b"\n"]
 }
@@ -25,10 +62,16 @@ Commands (case-insensitive):
   pub <topic> <message>      publish to a named topic
   subscribe [topic ...]      (sub) receive a topic's messages; default topic if none given
   unsubscribe [topic ...]    (unsub) stop; all of this connection's topics if none given
+  resume <topic> <seq>       subscribe from message number <seq>: retained ones first, then live
+  history <topic> [n]        the last n (10) retained messages of a topic
+  info <topic>               what a topic retains, and its latest number
+  seq on|off                 deliveries carry their numbers: Received [<topic>#<seq>]: ...
+  confirm on|off             each publish is answered OK published <topic>#<seq> once committed
   ping                       answers PONG
   help                       this text
   quit                       close the connection
 Messages arrive as: Received [<topic>]: <message>
+Numbers no longer retained are told as: GAP [<topic>] <first>-<last>
 ";
 
 /// `ERR <why>`: the one line a client gets for what it did wrong.
@@ -57,6 +100,11 @@ pub const NOT_SUBSCRIBED_ANY: &str = "not subscribed to any topic";
 
 /// A WebSocket text message holds one command.
 pub const MANY_LINES: &str = "one command per message: no newline inside";
+/// A request that needs the channel server while the link to it is down.
+pub const LINK_DOWN: &str = "the channel server is not reachable right now; try again";
+
+/// A publish whose confirm was lost with the link: it may or may not have been published.
+pub const UNCONFIRMED: &str = "publish not confirmed: the channel link broke (it may or may not have been published)";
 
 /// The last line of a client whose replies pile up behind an unconfirmed subscription.
 pub const TOO_MANY_WAITING: &str = "too many commands waiting for a reply; disconnecting";
@@ -79,6 +127,29 @@ pub fn received(batch: &mut Vec<u8>, topic: &[u8], message: &[u8]) {
     }
 }
 
+/// Appends the delivery of one message with its number (`seq on`).
+#[inline]
+pub fn received_seq(batch: &mut Vec<u8>, topic: &[u8], seq: u64, message: &[u8]) {
+    numbered(batch, b"Received [", topic, seq, message)
+}
+
+fn numbered(out: &mut Vec<u8>, head: &[u8], topic: &[u8], seq: u64, message: &[u8]) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for part in [head, topic, b"#", &digits[at..], b"]: ", message, b"\n"] {
+        out.extend_from_slice(part);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +163,16 @@ mod tests {
         received(&mut batch, b"topic1", b"a b");
         received(&mut batch, b"topic1", b"");
         assert_eq!(batch, b"Received [topic1]: a b\nReceived [topic1]: \n");
+        batch.clear();
+        received_seq(&mut batch, b"t", 0, b"x");
+        received_seq(&mut batch, b"t", u64::MAX, b"");
+        history(&mut batch, b"t", 42, b"y");
+        assert_eq!(batch, b"Received [t#0]: x\nReceived [t#18446744073709551615]: \nHistory [t#42]: y\n");
+        assert_eq!(gap(b"t", 1, 5), b"GAP [t] 1-5\n");
+        assert_eq!(published(b"t", 3), b"OK published t#3\n");
+        assert_eq!(subscribed_from(b"t", 9), b"OK subscribed t from 9\n");
+        assert_eq!(topic_info(b"t", 1, 0, 0, 0), b"OK topic t first 1 last 0 messages 0 bytes 0\n");
+        assert_eq!(switched("seq", true), b"OK seq on\n");
         assert!(HELP.ends_with(b"\n") && welcome("X").ends_with(b"to X\n"));
     }
 }

@@ -63,12 +63,29 @@ pub struct WorkerStats {
     /// Connections that speak WebSocket (among `connections`).
     #[serde(default)]
     pub websockets: u64,
+    /// The channel server's store: what it retains.
+    #[serde(default)]
+    pub retained: Option<Retained>,
+    /// GAP lines sent: numbers a reader asked for were no longer retained.
+    #[serde(default)]
+    pub gaps: u64,
     /// Channel link state ("up", "down", or "-" for the channel server).
     pub link: String,
     pub state: String,
     /// The package version and the modification time of the binary the
     /// worker was started from, so a reload onto a rebuilt binary shows.
     pub version: String,
+}
+
+/// What the channel server's store retains, for `status`.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub struct Retained {
+    pub messages: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    pub topics: u64,
+    /// Bytes of log (on disk with a data directory).
+    pub log_bytes: u64,
 }
 
 /// One client connection, for `connections`.

@@ -196,6 +196,14 @@ impl Outbound {
         lost
     }
 
+    /// Publishes asking for a confirm not yet written in full (framed).
+    pub fn count_confirms(&self) -> u64 {
+        match self.chunks.front() {
+            Some(c) => frame::count_confirms(&c.bytes()[frame::start_of(c.bytes(), self.head)..]),
+            None => 0,
+        }
+    }
+
     /// Frames not yet written in full, the one being written included (framed).
     pub fn count_frames(&self) -> u64 {
         match self.chunks.front() {
@@ -208,16 +216,6 @@ impl Outbound {
     /// written; `WouldBlock` is not an error here: check `is_empty`.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
         self.write_until(w, usize::MAX)
-    }
-
-    /// Like `write_to`, but with `hold_publishes` (framed) only what comes
-    /// before the first publish not yet started.
-    pub fn write_frames(&mut self, w: &mut impl Write, hold_publishes: bool) -> io::Result<usize> {
-        let limit = match (hold_publishes, self.chunks.front()) {
-            (true, Some(c)) => frame::first_unstarted_publish(c.bytes(), self.head) - self.head,
-            _ => usize::MAX,
-        };
-        self.write_until(w, limit)
     }
 
     /// Writes at most `limit` bytes.
@@ -406,11 +404,11 @@ mod tests {
             let mut q = Outbound::framed();
             let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'a' + i; 50 + i as usize]).collect();
             for m in &msgs {
-                q.push_frame(Frame::Publish { topic: b"t", message: m });
+                q.push_frame(Frame::Publish { confirm: m.len() % 2 == 0, topic: b"t", message: m });
             }
             let total = q.queued();
             let mut sock = socket(budget);
-            q.write_frames(&mut sock, false).unwrap();
+            q.write_to(&mut sock).unwrap();
             let (rest, written) = q.parts();
             assert_eq!(sock.got.len() + rest.len() - written, total, "budget {budget}");
             assert_eq!(written, sock.got.len() - (total - rest.len()));
@@ -420,23 +418,9 @@ mod tests {
             assert_eq!(lost, u64::from(written > 0), "budget {budget}");
             let kept = publishes(&q.parts().0);
             assert_eq!(kept, msgs[started..].to_vec(), "budget {budget}");
+            let confirms = kept.iter().filter(|m| m.len() % 2 == 0).count();
+            assert_eq!(q.count_confirms(), confirms as u64, "budget {budget}");
         }
-    }
-
-    #[test]
-    fn holding_writes_only_what_precedes_the_first_publish() {
-        let mut q = Outbound::framed();
-        q.push_frame(Frame::Publish { topic: b"t", message: b"held" });
-        let mut head = Vec::new();
-        Frame::Sub(b"t").encode(&mut head);
-        q.push_front(head.clone());
-        let mut sock = socket(usize::MAX);
-        q.write_frames(&mut sock, true).unwrap();
-        assert_eq!(sock.got, head);
-        assert_eq!(q.write_frames(&mut sock, true).unwrap(), 0);
-        q.write_frames(&mut sock, false).unwrap();
-        assert!(q.is_empty());
-        assert_eq!(publishes(&sock.got[head.len()..]), vec![b"held".to_vec()]);
     }
 
     /// A link closed for breaking the protocol: the frame being written is
@@ -445,17 +429,17 @@ mod tests {
     fn discarding_frames_keeps_the_one_being_written() {
         let mut q = Outbound::framed();
         for m in [&b"aa"[..], b"bbbb", b"c"] {
-            q.push_frame(Frame::Publish { topic: b"t", message: m });
+            q.push_frame(Frame::Publish { confirm: m.len() % 2 == 0, topic: b"t", message: m });
         }
-        q.push_frame(Frame::SubAck(b"t"));
+        q.push_frame(Frame::SubAck { next: 1, topic: b"t" });
         let mut sock = socket(3);
-        q.write_frames(&mut sock, false).unwrap();
+        q.write_to(&mut sock).unwrap();
         assert_eq!(q.discard_unsent(), 2);
         q.push_frame(Frame::Error(b"bye"));
         sock.limit = usize::MAX;
-        q.write_frames(&mut sock, false).unwrap();
+        q.write_to(&mut sock).unwrap();
         let mut want = Vec::new();
-        Frame::Publish { topic: b"t", message: b"aa" }.encode(&mut want);
+        Frame::Publish { confirm: true, topic: b"t", message: b"aa" }.encode(&mut want);
         Frame::Error(b"bye").encode(&mut want);
         assert_eq!(sock.got, want);
     }

@@ -433,6 +433,22 @@ impl Store {
         Appended { seq, ..self.after_append() }
     }
 
+    /// Moves the numbering of `topic` up so that its next message gets
+    /// `next`, if it retains nothing and would number lower: a reader's
+    /// position from before a restart without the data directory, so that no
+    /// number it has seen is given to another message. `None`: nothing to do.
+    pub fn advance(&mut self, topic: &[u8], next: u64) -> Option<Lsn> {
+        let t = self.topic_id(topic);
+        let current = &self.topics[t as usize];
+        if !current.entries.is_empty() || next <= current.last() + 1 {
+            return None;
+        }
+        let rec = Record::TopicMark { topic, last: next - 1 };
+        let seg = self.log(&rec);
+        self.apply(&rec, seg);
+        Some(self.after_append().lsn)
+    }
+
     /// The retained messages of `topic` numbered `from` or later, at most
     /// `max_msgs` of them and, past the first, at most `max_bytes` of
     /// payload; and the gap if `from` is older than the oldest retained.

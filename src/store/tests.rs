@@ -476,3 +476,17 @@ proptest! {
         prop_assert_eq!(after, b);
     }
 }
+
+#[test]
+fn advance_moves_an_empty_topic_up_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), Config::default(), 0).unwrap();
+    assert!(s.advance(b"t", 100).is_some());
+    assert_eq!(s.append(b"t", b"a", 0).seq, 100);
+    assert_eq!(s.advance(b"t", 500), None, "it retains a message");
+    assert_eq!(s.advance(b"u", 1), None);
+    s.commit(0).unwrap();
+    drop(s);
+    let mut s = Store::open(dir.path(), Config::default(), 0).unwrap();
+    assert_eq!(s.append(b"t", b"b", 0).seq, 101);
+}

@@ -4,20 +4,22 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
-use std::time::{Duration, Instant};
+use std::ops::Range;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::config::{ChannelConfig, MAX_SECRET};
-use crate::protocol::frame::{Frame, FrameReader, MAX_FRAME, VERSION};
+use crate::config::{ChannelConfig, FsyncPolicy, MAX_SECRET};
+use crate::protocol::frame::{self, Frame, FrameReader, FETCH_BYTES, FETCH_MESSAGES, MAX_FRAME, VERSION};
 use crate::protocol::topic;
-use crate::runtime::control::{ConnInfo, WorkerStats};
+use crate::runtime::control::{ConnInfo, Retained, WorkerStats};
 use crate::runtime::event_loop::Service;
 use crate::runtime::outbound::Outbound;
+use crate::store::{self, Lsn, Store};
 
 const READS_PER_EVENT: usize = 16;
 /// SUB/UNSUB frames handled per link and turn: a storm of subscriptions from
@@ -44,6 +46,11 @@ const MAX_HELLO_FRAME: usize = 2 + MAX_SECRET;
 /// Connections closed before their hello are logged in one line per kind at
 /// most this often.
 const LOG_EVERY: Duration = Duration::from_secs(1);
+/// How often messages past `--retain-age` are dropped.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// How often opening a data directory locked by another process is retried
+/// (the worker being replaced by a reload holds it until it exits).
+const LOCK_RETRY: Duration = Duration::from_millis(50);
 
 struct Peer {
     stream: TcpStream,
@@ -152,8 +159,35 @@ struct Handshakes {
     logged: Option<Instant>,
 }
 
+/// A request answered from the store once this turn's appends are committed.
+enum Request {
+    Fetch { req: u32, from: u64, limit: u32, topic: Box<[u8]> },
+    Info { req: u32, topic: Box<[u8]> },
+}
+
+/// This turn's publishes, numbered and appended to the store, forwarded and
+/// confirmed only once `Store::commit` has returned their Lsns.
+#[derive(Default)]
+struct Staged {
+    /// Their MSG frames, one after another.
+    frames: Vec<u8>,
+    /// Per publish: where its frame ends in `frames`, and its Lsn.
+    ends: Vec<(usize, Lsn)>,
+    /// Publishes that asked for a PUBACK: (peer key, peer id, index in `ends`).
+    confirms: Vec<(usize, u64, usize)>,
+    /// Requests that read the store: (peer key, peer id, request).
+    requests: Vec<(usize, u64, Request)>,
+}
+
 pub struct ChannelServer {
     secret: Option<Vec<u8>>,
+    /// `None` until the data directory could be opened (see LOCK_RETRY).
+    store: Option<Store>,
+    store_config: store::Config,
+    data_dir: Option<std::path::PathBuf>,
+    open_retry: Option<Instant>,
+    staged: Staged,
+    next_expire: Instant,
     peers: Peers,
     topics: HashMap<Box<[u8]>, Vec<usize>>,
     /// Most topics at this server, and per worker link.
@@ -175,8 +209,26 @@ pub struct ChannelServer {
 
 impl ChannelServer {
     pub fn new(cfg: ChannelConfig, secret: Option<Vec<u8>>) -> ChannelServer {
-        ChannelServer {
+        let store_config = store::Config {
+            retain_messages: cfg.retain_messages,
+            retain_bytes: cfg.retain_bytes,
+            retain_age_ms: cfg.retain_age_s.map(|s| s.saturating_mul(1000)),
+            retain_total: cfg.retain_total,
+            fsync: match cfg.fsync {
+                FsyncPolicy::Always => store::Fsync::Always,
+                FsyncPolicy::Interval => store::Fsync::Interval { ms: cfg.fsync_interval_ms },
+                FsyncPolicy::Never => store::Fsync::Never,
+            },
+            ..store::Config::default()
+        };
+        let mut svc = ChannelServer {
             secret,
+            store: None,
+            store_config,
+            data_dir: cfg.data_dir,
+            open_retry: None,
+            staged: Staged::default(),
+            next_expire: Instant::now(),
             peers: Peers { slab: Slab::new(), dirty: Vec::new(), congested: false, max_buffer: cfg.max_link_buffer },
             topics: HashMap::new(),
             max_topics: cfg.max_topics,
@@ -190,6 +242,46 @@ impl ChannelServer {
             dropped: 0,
             stalled: 0,
             draining: false,
+        };
+        svc.open_store();
+        svc
+    }
+
+    /// Opens the store: in memory, or the data directory, waiting (and
+    /// retrying) while another process holds its lock. Any other failure ends
+    /// the process: the master restarts it and the log says why.
+    fn open_store(&mut self) {
+        let config = self.store_config.clone();
+        let Some(dir) = &self.data_dir else {
+            self.store = Some(Store::in_memory(config));
+            return;
+        };
+        match Store::open(dir, config, wall_ms()) {
+            Ok(mut store) => {
+                let r = store.recovery();
+                info!(
+                    "data directory {}: {} record(s) in {} segment(s), epoch {:016x}",
+                    dir.display(),
+                    r.records,
+                    r.segments,
+                    store.epoch()
+                );
+                store.expire(wall_ms());
+                self.store = Some(store);
+                self.open_retry = None;
+                // Links that connected meanwhile have their frames waiting.
+                self.unread.extend(self.peers.slab.iter().map(|(k, _)| k));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if self.open_retry.is_none() {
+                    warn!("{e}; waiting for it (a reload's old worker releases it as it exits)");
+                }
+                self.open_retry = Some(Instant::now() + LOCK_RETRY);
+            }
+            Err(e) => {
+                error!("{e}");
+                std::process::exit(1);
+            }
         }
     }
 
@@ -207,6 +299,7 @@ impl ChannelServer {
             // Frames already read first (a turn may end with some left), then
             // the socket; what is left waits for the next turn.
             let done = self.peers.congested
+                || self.store.is_none()
                 || match self.on_frames(key, &mut reader, &mut subs) {
                     Err(why) => break Err(PeerError::Protocol(why)),
                     Ok(sliced) => sliced || turns == 0 || self.peers.congested,
@@ -292,7 +385,7 @@ impl ChannelServer {
                 true => e.to_string(),
                 false => format!("{e} before its hello"),
             });
-            let Some((frame, raw)) = next? else { break };
+            let Some((frame, _)) = next? else { break };
             if !authed {
                 match frame {
                     Frame::Hello { version, secret } => self.hello(key, version, secret)?,
@@ -302,19 +395,39 @@ impl ChannelServer {
                 continue;
             }
             match frame {
-                Frame::Publish { topic, .. } => {
+                Frame::Publish { confirm, topic, message } => {
                     self.msgs_in += 1;
-                    let Some(targets) = self.topics.get(topic) else { continue };
-                    self.msgs_out += targets.len() as u64;
-                    for &target in targets {
-                        self.peers.push(target, raw);
+                    let store = self.store.as_mut().expect("links are read once the store is open");
+                    let a = store.append(topic, message, wall_ms());
+                    let st = &mut self.staged;
+                    frame::put_msg(&mut st.frames, a.seq, topic, message);
+                    if confirm {
+                        st.confirms.push((key, self.peers.slab[key].id, st.ends.len()));
                     }
+                    st.ends.push((st.frames.len(), a.lsn));
                 }
-                Frame::Sub(topic) => {
+                Frame::Fetch { req, from, limit, topic } => {
+                    let r = Request::Fetch { req, from, limit, topic: topic.into() };
+                    self.staged.requests.push((key, self.peers.slab[key].id, r));
+                }
+                Frame::Info { req, topic } => {
+                    let r = Request::Info { req, topic: topic.into() };
+                    self.staged.requests.push((key, self.peers.slab[key].id, r));
+                }
+                Frame::Sub { from, topic } => {
                     *subs -= 1;
                     topic::check(topic).map_err(|e| e.to_string())?;
                     match self.subscribe(key, topic) {
-                        Ok(()) => self.peers.push_frame(key, Frame::SubAck(topic)),
+                        Ok(()) => {
+                            let store = self.store.as_mut().expect("open");
+                            // A position past anything numbered here comes from
+                            // before a restart that forgot the topic: number on from it.
+                            if from > 0 && from < MAX_CLAIM {
+                                store.advance(topic, from);
+                            }
+                            let next = store.info(topic).last + 1;
+                            self.peers.push_frame(key, Frame::SubAck { next, topic });
+                        }
                         Err(why) => self.peers.push_frame(key, Frame::SubErr { topic, reason: why.as_bytes() }),
                     }
                 }
@@ -366,8 +479,87 @@ impl ChannelServer {
         p.authed = true;
         self.handshakes.count -= 1;
         info!("worker link from {} accepted", p.addr);
-        self.peers.push_frame(key, Frame::Welcome { version: VERSION });
+        let epoch = self.store.as_ref().map_or(0, Store::epoch);
+        self.peers.push_frame(key, Frame::Welcome { version: VERSION, epoch });
         Ok(())
+    }
+
+    /// Commits this turn's appends; forwards the messages committed, sends
+    /// their PUBACKs, and answers the requests waiting for the commit. A
+    /// failed commit ends the process (a retried fsync can lie): the master
+    /// restarts it, and the log is recovered up to what was written.
+    fn commit(&mut self) {
+        let Some(store) = &mut self.store else { return };
+        let now = wall_ms();
+        let committed = match store.commit(now) {
+            Ok(r) => r,
+            Err(e) => {
+                error!("cannot write the message log: {e}; exiting (a restart recovers what was written)");
+                std::process::exit(1);
+            }
+        };
+        self.forward(committed);
+        let store = self.store.as_ref().expect("open");
+        for (key, id, r) in std::mem::take(&mut self.staged.requests) {
+            if self.peers.slab.get(key).is_none_or(|p| p.id != id) {
+                continue;
+            }
+            let mut out = Vec::new();
+            match r {
+                Request::Fetch { req, from, limit, topic } => {
+                    let limit = (limit as usize).clamp(1, FETCH_MESSAGES);
+                    let read = if from == 0 {
+                        store.history(&topic, limit)
+                    } else {
+                        store.read(&topic, from, limit, FETCH_BYTES)
+                    };
+                    let (gap, next) = (read.gap.map(|g| (g.first, g.last)), read.next);
+                    let mut messages = Vec::new();
+                    let mut first = next;
+                    for (i, m) in read.enumerate() {
+                        if i == 0 {
+                            first = m.seq;
+                        }
+                        frame::put_fetched(&mut messages, m.body);
+                    }
+                    Frame::Fetched { req, gap, first, next, topic: &topic, messages: &messages }.encode(&mut out);
+                }
+                Request::Info { req, topic } => {
+                    let i = store.info(&topic);
+                    Frame::Infoed { req, first: i.first, last: i.last, messages: i.messages, bytes: i.bytes }
+                        .encode(&mut out);
+                }
+            }
+            self.peers.push(key, &out);
+        }
+    }
+
+    /// Forwards the staged messages, now committed (`commit` confirms every
+    /// append made before it), and confirms those that asked.
+    fn forward(&mut self, committed: Range<Lsn>) {
+        let st = std::mem::take(&mut self.staged.frames);
+        debug_assert!(self.staged.ends.last().is_none_or(|&(_, lsn)| committed.contains(&lsn)));
+        let mut start = 0;
+        for &(end, _) in &self.staged.ends {
+            let f = &st[start..end];
+            if let Some(targets) = self.topics.get(msg_topic(f)) {
+                self.msgs_out += targets.len() as u64;
+                for &target in targets {
+                    self.peers.push(target, f);
+                }
+            }
+            start = end;
+        }
+        for (key, id, i) in self.staged.confirms.drain(..) {
+            if self.peers.slab.get(key).is_some_and(|p| p.id == id) {
+                let start = if i == 0 { 0 } else { self.staged.ends[i - 1].0 };
+                let f = &st[start..self.staged.ends[i].0];
+                self.peers.push_frame(key, Frame::PubAck { seq: msg_seq(f), topic: msg_topic(f) });
+            }
+        }
+        self.staged.ends.clear();
+        self.staged.frames = st;
+        self.staged.frames.clear();
     }
 
     fn remove_subscriber(&mut self, topic: &[u8], key: usize) {
@@ -555,6 +747,10 @@ impl Service for ChannelServer {
     }
 
     fn tick(&mut self, reg: &Registry) -> Option<Instant> {
+        if self.open_retry.is_some_and(|t| t <= Instant::now()) {
+            self.open_store();
+        }
+        self.commit();
         for key in std::mem::take(&mut self.peers.dirty) {
             self.flush(key);
         }
@@ -588,6 +784,7 @@ impl Service for ChannelServer {
             for key in std::mem::take(&mut self.unread) {
                 self.read_peer(key);
             }
+            self.commit();
             for key in std::mem::take(&mut self.peers.dirty) {
                 self.flush(key);
             }
@@ -595,12 +792,26 @@ impl Service for ChannelServer {
                 self.close(reg, key);
             }
         }
-        if !self.unread.is_empty() && !self.peers.congested {
-            Some(Instant::now())
+        let now = Instant::now();
+        let mut expire = None;
+        if let Some(store) = self.store.as_mut().filter(|s| s.config().retain_age_ms.is_some()) {
+            if self.next_expire <= now {
+                store.expire(wall_ms());
+                self.next_expire = now + EXPIRE_EVERY;
+            }
+            expire = Some(self.next_expire);
+        }
+        if !self.unread.is_empty() && !self.peers.congested && self.store.is_some() {
+            Some(now)
         } else {
             let stall = self.peers.slab.iter().filter_map(|(_, p)| p.stalled_since).min().map(|t| t + STALL_TIMEOUT);
             let linger = self.peers.slab.iter().filter_map(|(_, p)| p.linger).min();
-            [stall, linger, handshake, log].into_iter().flatten().min()
+            let sync = self
+                .store
+                .as_ref()
+                .and_then(Store::sync_due)
+                .map(|due| now + Duration::from_millis(due.saturating_sub(wall_ms())));
+            [stall, linger, handshake, log, sync, expire, self.open_retry].into_iter().flatten().min()
         }
     }
 
@@ -632,6 +843,10 @@ impl Service for ChannelServer {
             bytes_queued: self.peers.slab.iter().map(|(_, p)| p.out.queued() as u64).sum(),
             dropped: self.dropped,
             slow_consumers: self.stalled,
+            retained: self.store.as_ref().map(|s| {
+                let st = s.stats();
+                Retained { messages: st.messages, bytes: st.bytes, topics: st.topics, log_bytes: st.log_bytes }
+            }),
             link: "-".into(),
             ..Default::default()
         }
@@ -654,6 +869,23 @@ impl Service for ChannelServer {
             })
             .collect()
     }
+}
+
+/// Positions claimed past this are not honoured (numbers stay far from overflow).
+const MAX_CLAIM: u64 = 1 << 62;
+
+/// The number of an encoded MSG frame.
+fn msg_seq(f: &[u8]) -> u64 {
+    u64::from_be_bytes(f[5..13].try_into().expect("a MSG frame"))
+}
+
+/// The topic of an encoded MSG frame.
+fn msg_topic(f: &[u8]) -> &[u8] {
+    &f[14..14 + f[13] as usize]
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Compares secrets without stopping at the first difference.

@@ -53,6 +53,10 @@ pub struct Client {
     pub input_paused: bool,
     /// Waiting in the list of clients to read again.
     pub unread: bool,
+    /// `seq on`: deliveries carry their numbers.
+    pub seq: bool,
+    /// `confirm on`: each publish is answered once committed.
+    pub confirm: bool,
 }
 
 impl Client {
@@ -73,6 +77,8 @@ impl Client {
             dirty: false,
             input_paused: false,
             unread: false,
+            seq: false,
+            confirm: false,
         }
     }
 }
@@ -105,7 +111,8 @@ impl Wire {
 }
 
 /// A client's replies in the order of its commands: the replies that follow
-/// a subscription the channel server has not confirmed yet wait here.
+/// a subscription the channel server has not confirmed yet, or an answer
+/// that comes from it later (a confirm, a history), wait here.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Replies {
     held: VecDeque<Held>,
@@ -113,8 +120,11 @@ pub struct Replies {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Held {
-    /// The `OK subscribed` of this topic goes here once it is confirmed.
-    Subscription(Box<[u8]>),
+    /// The `OK subscribed` of this topic (`from` a number, for a resume)
+    /// goes here once it is confirmed.
+    Subscription(Box<[u8]>, u64),
+    /// The answer with this token goes here (`Replies::fill`).
+    Answer(u64),
     Text(Vec<u8>),
 }
 
@@ -136,29 +146,54 @@ impl Replies {
     }
 
     /// Holds the next replies until `topic` is confirmed.
-    pub fn hold(&mut self, topic: &[u8]) {
-        self.held.push_back(Held::Subscription(topic.into()));
+    pub fn hold(&mut self, topic: &[u8], from: u64) {
+        self.held.push_back(Held::Subscription(topic.into(), from));
+    }
+
+    /// Holds the next replies until the answer `token` is filled in.
+    pub fn hold_answer(&mut self, token: u64) {
+        self.held.push_back(Held::Answer(token));
     }
 
     /// Puts `OK subscribed` in the place held for it and releases what follows
-    /// up to the next subscription still unconfirmed.
+    /// up to the next place still held.
     pub fn confirm(&mut self, out: &mut Outbound, wire: Wire, topic: &[u8]) {
-        self.answer(out, topic, wire.encode(&reply::subscribed(topic)));
+        let from = self.held.iter().find_map(|h| match h {
+            Held::Subscription(t, from) if **t == *topic => Some(*from),
+            _ => None,
+        });
+        let text = match from {
+            Some(0) | None => reply::subscribed(topic).concat(),
+            Some(n) => reply::subscribed_from(topic, n),
+        };
+        self.answer(out, topic, wire.encode(&[&text]));
     }
 
     /// Puts `line` in the place held for `topic`'s confirmation and releases
     /// what follows the same way; false if no place was held for it.
     pub fn answer(&mut self, out: &mut Outbound, topic: &[u8], line: Vec<u8>) -> bool {
-        let slot = self.held.iter_mut().find(|h| matches!(h, Held::Subscription(t) if **t == *topic));
+        let slot = self.held.iter_mut().find(|h| matches!(h, Held::Subscription(t, _) if **t == *topic));
         let found = slot.is_some();
         if let Some(h) = slot {
             *h = Held::Text(line);
         }
+        self.release(out);
+        found
+    }
+
+    /// Puts the answer `token` in the place held for it (nothing if none is).
+    pub fn fill(&mut self, out: &mut Outbound, token: u64, text: Vec<u8>) {
+        if let Some(h) = self.held.iter_mut().find(|h| matches!(h, Held::Answer(t) if *t == token)) {
+            *h = Held::Text(text);
+        }
+        self.release(out);
+    }
+
+    fn release(&mut self, out: &mut Outbound) {
         while let Some(Held::Text(_)) = self.held.front() {
             let Some(Held::Text(t)) = self.held.pop_front() else { unreachable!() };
             out.push(&[&t]);
         }
-        found
     }
 
     pub fn clear(&mut self) {
@@ -172,6 +207,8 @@ pub struct Counters {
     pub msgs_out: u64,
     pub dropped: u64,
     pub slow_consumers: u64,
+    /// GAP lines sent: numbers a reader asked for were no longer retained.
+    pub gaps: u64,
 }
 
 /// The clients and the work deferred to the end of the event batch.
@@ -226,8 +263,15 @@ impl Clients {
     }
 
     /// Holds the client's next replies until `topic` is confirmed.
-    pub fn hold(&mut self, key: usize, topic: &[u8]) {
-        self.slab[key].replies.hold(topic);
+    pub fn hold(&mut self, key: usize, topic: &[u8], from: u64) {
+        self.slab[key].replies.hold(topic, from);
+    }
+
+    /// Fills in the answer `token` of client `key` if it is still client `id`.
+    pub fn fill(&mut self, key: usize, id: u64, token: u64, text: Vec<u8>) {
+        let Some(c) = self.slab.get_mut(key).filter(|c| c.id == id) else { return };
+        c.replies.fill(&mut c.out, token, c.wire.encode(&[&text]));
+        self.check_queue(key);
     }
 
     /// The channel server confirmed the client's subscription to `topic`.
@@ -317,6 +361,18 @@ impl Clients {
         }
         c.out.push_shared(bytes, msgs);
         self.counters.msgs_out += u64::from(msgs);
+        self.check_queue(key);
+    }
+
+    /// Tells a reader that numbers it is owed are gone (one `GAP` line, in
+    /// line with its deliveries).
+    pub fn gap(&mut self, key: usize, line: &[u8]) {
+        let c = &mut self.slab[key];
+        if c.closing {
+            return;
+        }
+        self.counters.gaps += 1;
+        c.wire.push(&mut c.out, &[line]);
         self.check_queue(key);
     }
 
@@ -412,26 +468,33 @@ mod tests {
     fn replies_wait_behind_an_unconfirmed_subscription() {
         let (mut r, mut out) = (Replies::default(), Outbound::default());
         assert_eq!(r.reply(&mut out, Wire::Lines, &[reply::PONG]), 0);
-        r.hold(b"a");
+        r.hold(b"a", 0);
         assert_eq!(r.reply(&mut out, Wire::Lines, &reply::subscribed(b"b")), 16);
-        r.hold(b"c");
+        r.hold(b"c", 7);
         assert_eq!(r.reply(&mut out, Wire::Lines, &[reply::PONG]), 21);
         assert_eq!(text(&out), "PONG\n");
         // c is confirmed first: nothing moves, a is still ahead of it.
         r.confirm(&mut out, Wire::Lines, b"c");
         assert_eq!(text(&out), "PONG\n");
         r.confirm(&mut out, Wire::Lines, b"a");
-        assert_eq!(text(&out), "PONG\nOK subscribed a\nOK subscribed b\nOK subscribed c\nPONG\n");
+        assert_eq!(text(&out), "PONG\nOK subscribed a\nOK subscribed b\nOK subscribed c from 7\nPONG\n");
+        // An answer filled in later keeps its place too.
+        r.hold_answer(1);
+        r.reply(&mut out, Wire::Lines, &[reply::BYE]);
+        r.fill(&mut out, 2, b"nothing held for this\n".to_vec());
+        assert!(text(&out).ends_with("PONG\n"));
+        r.fill(&mut out, 1, b"OK published t#1\n".to_vec());
+        assert!(text(&out).ends_with("PONG\nOK published t#1\nBye\n"));
         // Nothing held: straight out.
         assert_eq!(r.reply(&mut out, Wire::Lines, &[reply::BYE]), 0);
-        assert!(text(&out).ends_with("PONG\nBye\n"));
+        assert!(text(&out).ends_with("Bye\nBye\n"));
     }
 
     /// On a WebSocket each reply is one text message, held or not.
     #[test]
     fn websocket_replies_are_one_message_each() {
         let (mut r, mut out) = (Replies::default(), Outbound::default());
-        r.hold(b"a");
+        r.hold(b"a", 0);
         r.reply(&mut out, Wire::WebSocket, &[reply::PONG]);
         r.confirm(&mut out, Wire::WebSocket, b"a");
         r.reply(&mut out, Wire::WebSocket, &[reply::BYE]);
@@ -441,7 +504,7 @@ mod tests {
     #[test]
     fn a_confirmation_for_nothing_held_changes_nothing() {
         let (mut r, mut out) = (Replies::default(), Outbound::default());
-        r.hold(b"a");
+        r.hold(b"a", 0);
         r.reply(&mut out, Wire::Lines, &[reply::PONG]);
         r.confirm(&mut out, Wire::Lines, b"zzz");
         assert!(out.is_empty());

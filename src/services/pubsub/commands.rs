@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use super::link::{Asker, Confirm};
 use super::topics::{Remote, TopicId};
 use super::PubSub;
 use crate::config::MAX_SUBSCRIPTIONS;
@@ -29,15 +30,34 @@ impl PubSub {
         match cmd {
             Command::Publish(message) => {
                 let topic = std::mem::take(&mut self.default_topic);
-                self.publish(&topic, message);
+                self.publish(key, &topic, message);
                 self.default_topic = topic;
             }
-            Command::Pub { topic, message } => self.publish(topic, message),
+            Command::Pub { topic, message } => self.publish(key, topic, message),
             Command::Subscribe(topics) if topics.is_empty() => {
                 let topic = self.default_topic.clone();
-                self.subscribe(key, [topic.as_slice()].into_iter());
+                self.subscribe(key, [topic.as_slice()].into_iter(), 0);
             }
-            Command::Subscribe(topics) => self.subscribe(key, topics.iter()),
+            Command::Subscribe(topics) => self.subscribe(key, topics.iter(), 0),
+            Command::Resume { topic, from } => {
+                if self.clients.slab[key].topics.iter().any(|id| *self.topics.get(*id).name == *topic) {
+                    let why = format!("already subscribed to '{}' (unsubscribe first)", String::from_utf8_lossy(topic));
+                    return self.clients.error(key, &why);
+                }
+                self.subscribe(key, [topic].into_iter(), from);
+            }
+            Command::History { topic, n } => {
+                self.ask(key, topic, |req| Frame::Fetch { req, from: 0, limit: n, topic });
+            }
+            Command::Info(topic) => self.ask(key, topic, |req| Frame::Info { req, topic }),
+            Command::Seq(on) => {
+                self.clients.slab[key].seq = on;
+                self.clients.reply(key, &[&reply::switched("seq", on)]);
+            }
+            Command::Confirm(on) => {
+                self.clients.slab[key].confirm = on;
+                self.clients.reply(key, &[&reply::switched("confirm", on)]);
+            }
             Command::Unsubscribe(topics) if topics.is_empty() => {
                 let all: Vec<Vec<u8>> =
                     self.clients.slab[key].topics.iter().map(|id| self.topics.get(*id).name.to_vec()).collect();
@@ -56,12 +76,36 @@ impl PubSub {
         }
     }
 
-    fn publish(&mut self, topic: &[u8], message: &[u8]) {
-        self.link.publish(topic, message);
+    fn publish(&mut self, key: usize, topic: &[u8], message: &[u8]) {
+        let c = &self.clients.slab[key];
+        let (want, id) = (c.confirm, c.id);
+        let confirm = want.then(|| Confirm { key, id, token: self.token() });
+        if let Some(confirm) = confirm {
+            self.clients.slab[key].replies.hold_answer(confirm.token);
+        }
+        self.link.publish(topic, message, confirm);
         self.clients.counters.msgs_in += 1;
     }
 
-    fn subscribe<'a>(&mut self, key: usize, names: impl Iterator<Item = &'a [u8]> + Clone) {
+    /// A token for an answer that comes later.
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Asks the channel server (`history`, `info`); the answer takes its
+    /// place among the client's replies when it comes.
+    fn ask<'a>(&mut self, key: usize, topic: &'a [u8], frame: impl FnOnce(u32) -> Frame<'a>) {
+        let (id, token) = (self.clients.slab[key].id, self.token());
+        let asker = Asker::Client { key, id, token, topic: topic.into() };
+        match self.link.request(asker, frame) {
+            Some(_) => self.clients.slab[key].replies.hold_answer(token),
+            None => self.clients.error(key, reply::LINK_DOWN),
+        }
+    }
+
+    /// Subscribes to each topic, live (`from` 0) or from a number (`resume`).
+    fn subscribe<'a>(&mut self, key: usize, names: impl Iterator<Item = &'a [u8]> + Clone, from: u64) {
         let c = &self.clients.slab[key];
         let has = |name: &[u8]| self.topics.find(name).is_some_and(|id| c.topics.contains(&id));
         // A topic named twice is one subscription.
@@ -75,15 +119,21 @@ impl PubSub {
                 self.clients.reply(key, &reply::subscribed(name));
                 continue;
             }
-            let (id, confirmed, remote) = self.topics.subscribe(name, key);
+            let (id, confirmed, remote) = self.topics.subscribe(name, key, from);
             self.clients.slab[key].topics.insert(id);
             if remote == Remote::Subscribe {
-                self.link.control(Frame::Sub(name));
+                let from = self.topics.get(id).next;
+                self.link.control(Frame::Sub { from, topic: name });
             }
             if confirmed {
-                self.clients.reply(key, &reply::subscribed(name));
+                match from {
+                    0 => self.clients.reply(key, &reply::subscribed(name)),
+                    n => self.clients.reply(key, &[&reply::subscribed_from(name, n)]),
+                }
+                self.topics.place(id, key, from);
+                self.batches.behind(id);
             } else {
-                self.clients.hold(key, name);
+                self.clients.hold(key, name, from);
             }
         }
     }
@@ -164,10 +214,10 @@ mod tests {
         type_line(&mut svc, "sub a b");
         type_line(&mut svc, "ping");
         assert_eq!(queued(&svc), "Welcome to Test\n");
-        receive(&mut svc, &[Frame::SubAck(b"a")]);
+        receive(&mut svc, &[Frame::SubAck { next: 1, topic: b"a" }]);
         assert_eq!(queued(&svc), "Welcome to Test\nOK subscribed a\n");
         // A message for a confirmed topic is delivered; b is still unconfirmed.
-        receive(&mut svc, &[Frame::Publish { topic: b"a", message: b"x" }, Frame::SubAck(b"b")]);
+        receive(&mut svc, &[Frame::Msg { seq: 1, topic: b"a", message: b"x" }, Frame::SubAck { next: 1, topic: b"b" }]);
         assert_eq!(queued(&svc), "Welcome to Test\nOK subscribed a\nReceived [a]: x\nOK subscribed b\nPONG\n");
         // Subscribing again is answered at once; unsubscribing from all names each.
         type_line(&mut svc, "SUBSCRIBE a");
@@ -190,8 +240,8 @@ mod tests {
             got.push(format!("{f:?}"));
         }
         let want = [
-            Frame::Publish { topic: b"topic1", message: b"hello  world" },
-            Frame::Publish { topic: b"t2", message: b"x" },
+            Frame::Publish { confirm: false, topic: b"topic1", message: b"hello  world" },
+            Frame::Publish { confirm: false, topic: b"t2", message: b"x" },
         ];
         assert_eq!(got, want.map(|f| format!("{f:?}")));
         type_line(&mut svc, "frobnicate");

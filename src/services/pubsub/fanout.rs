@@ -1,8 +1,14 @@
-//! From the link to the subscribers: the frames the channel server sent are
+//! From the link to the subscribers: the messages the channel server sent are
 //! gathered per topic into one batch per read, encoded once as delivery lines
-//! into a shared buffer, and queued by reference for every local subscriber.
-//! WebSocket subscribers share a second encoding of the same batch, one text
-//! frame per line; each encoding is made only if some subscriber needs it.
+//! into a shared buffer (and once more with their numbers, only if a
+//! subscriber has `seq on`), and queued by reference for every live
+//! subscriber. Readers that are positions rather than live (a `resume`, a
+//! re-link, a subscriber that fell behind) are fed from the retained messages
+//! the channel server sends back for a FETCH, one request per position, and
+//! join the live ones when they reach the link's next number. The link's
+//! other answers (PUBACK, history, info) are handed to the clients that wait.
+//! Each encoding of a batch (plain or numbered lines, for line or WebSocket
+//! clients) is made once, and only if some reader needs it.
 //! No socket I/O here: the frames are already read, the queues are flushed later.
 
 use std::rc::Rc;
@@ -10,16 +16,18 @@ use std::rc::Rc;
 use log::{debug, error};
 
 use super::clients::{Clients, Wire};
-use super::link::{Link, LinkError};
+use super::link::{Asker, Link, LinkError};
 use super::topics::{TopicId, Topics};
-use crate::protocol::frame::Frame;
+use crate::protocol::frame::{self, Frame, FETCH_MESSAGES};
 use crate::protocol::reply;
 use crate::protocol::websocket;
 
-/// Topics with a batch of lines waiting to be delivered.
+/// Topics with a batch of lines waiting to be delivered, and topics with
+/// readers that are positions.
 #[derive(Default)]
 pub struct Batches {
     touched: Vec<TopicId>,
+    behind: Vec<TopicId>,
 }
 
 impl Batches {
@@ -33,7 +41,7 @@ impl Batches {
                 Err(e) => return Err(LinkError::BadFrame(e)),
             };
             match frame {
-                Frame::Publish { topic, message } => {
+                Frame::Msg { seq, topic, message } => {
                     // Runs of one topic are the common case: skip the hash.
                     let id = match self.touched.last() {
                         Some(&id) if *topics.get(id).name == *topic => id,
@@ -43,6 +51,18 @@ impl Batches {
                         },
                     };
                     let t = topics.get_mut(id);
+                    if seq < t.next {
+                        continue; // delivered already (numbered before our SUB took effect)
+                    }
+                    if seq > t.next && t.next != 0 {
+                        // Numbers the link skipped: the live readers fetch them.
+                        let pos = t.next;
+                        self.deliver(topics, clients);
+                        topics.all_behind(id, pos);
+                        self.behind(id);
+                    }
+                    let t = topics.get_mut(id);
+                    t.next = seq + 1;
                     if t.subscribers.is_empty() {
                         continue;
                     }
@@ -50,15 +70,19 @@ impl Batches {
                         self.touched.push(id);
                     }
                     reply::received(&mut t.batch, topic, message);
+                    let end = t.batch.len() - 1;
+                    t.batch_index.push((seq, (end - message.len()) as u32, end as u32));
                     t.batch_msgs += 1;
                 }
-                Frame::SubAck(topic) => {
+                Frame::SubAck { next, topic } => {
                     // Subscribers confirmed now must not get lines from before.
                     self.deliver(topics, clients);
-                    if let Some((_, confirmed)) = topics.acknowledge(topic) {
-                        for key in confirmed {
+                    if let Some((id, confirmed)) = topics.acknowledge(topic, next) {
+                        for (key, from) in confirmed {
                             clients.confirm(key, topic);
+                            topics.place(id, key, from);
                         }
+                        self.behind(id);
                     }
                 }
                 Frame::SubErr { topic, reason } => {
@@ -71,8 +95,35 @@ impl Batches {
                         }
                     }
                 }
-                Frame::Welcome { .. } => link.welcomed(),
                 Frame::Pong => {} // heard: that is all it is for
+                Frame::PubAck { seq, topic } => {
+                    if let Some(c) = link.owed.confirms.pop_front() {
+                        clients.fill(c.key, c.id, c.token, reply::published(topic, seq));
+                    }
+                }
+                Frame::Fetched { req, gap, first, next, topic, messages } => {
+                    self.deliver(topics, clients);
+                    match link.owed.answered(req) {
+                        Some(Asker::Cursor(_)) => self.fetched(topics, clients, req, gap, first, next, topic, messages),
+                        Some(Asker::Client { key, id, token, .. }) => {
+                            let mut text = Vec::new();
+                            let mut n = 0;
+                            for (i, m) in frame::fetched(messages).enumerate() {
+                                reply::history(&mut text, topic, first + i as u64, m);
+                                n += 1;
+                            }
+                            text.extend_from_slice(&reply::history_end(topic, n));
+                            clients.fill(key, id, token, text);
+                        }
+                        None => {}
+                    }
+                }
+                Frame::Infoed { req, first, last, messages, bytes } => {
+                    if let Some(Asker::Client { key, id, token, topic }) = link.owed.answered(req) {
+                        clients.fill(key, id, token, reply::topic_info(&topic, first, last, messages, bytes));
+                    }
+                }
+                Frame::Welcome { epoch, .. } => link.welcomed(epoch),
                 Frame::Error(why) => {
                     let why = String::from_utf8_lossy(why).into_owned();
                     error!("the channel server refused this worker: {why}");
@@ -82,27 +133,144 @@ impl Batches {
             }
         }
         self.deliver(topics, clients);
+        self.pump(link, topics, clients);
         Ok(())
     }
 
-    /// Encodes each touched topic's batch once per wire and queues it for every subscriber.
+    /// Queues each touched topic's batch for every live subscriber, in the
+    /// encoding it needs (see `Forms`).
     fn deliver(&mut self, topics: &mut Topics, clients: &mut Clients) {
         for id in self.touched.drain(..) {
             let t = topics.get_mut(id);
             let msgs = std::mem::take(&mut t.batch_msgs);
-            let mut lines: Option<Rc<[u8]>> = None;
-            let mut frames: Option<Rc<[u8]>> = None;
+            let mut forms = Forms::default();
             for &key in &t.subscribers {
-                let bytes = match clients.slab[key].wire {
-                    Wire::Lines => lines.get_or_insert_with(|| Rc::from(t.batch.as_slice())),
-                    Wire::WebSocket => frames.get_or_insert_with(|| websocket::frames_of_lines(&t.batch).into()),
-                };
-                clients.deliver(key, bytes, msgs);
+                let c = &clients.slab[key];
+                let chunk = forms.get(c.wire, c.seq, &t.batch, || {
+                    let mut out = Vec::with_capacity(t.batch.len() + 8 * t.batch_index.len());
+                    for &(seq, start, end) in &t.batch_index {
+                        reply::received_seq(&mut out, &t.name, seq, &t.batch[start as usize..end as usize]);
+                    }
+                    out
+                });
+                clients.deliver(key, chunk, msgs);
             }
             t.batch.clear();
+            t.batch_index.clear();
             if t.batch.capacity() > 1 << 20 {
                 t.batch = Vec::new();
+                t.batch_index = Vec::new();
             }
         }
+    }
+
+    /// Remembers a topic that has (or may have) readers that are positions.
+    pub fn behind(&mut self, id: TopicId) {
+        if !self.behind.contains(&id) {
+            self.behind.push(id);
+        }
+    }
+
+    /// Moves each position on: one that has reached the link's next number
+    /// joins the live readers; one before it asks for the retained messages
+    /// from there, once its readers have room for them (half their send
+    /// queue free), so that catching up never fills a queue.
+    pub fn pump(&mut self, link: &mut Link, topics: &mut Topics, clients: &Clients) {
+        self.behind.retain(|&id| {
+            let Some(t) = topics.get_opt_mut(id) else { return false };
+            let (next, name) = (t.next, t.name.clone());
+            let mut joined = Vec::new();
+            t.cursors.retain_mut(|c| {
+                if c.fetching.is_some() || next == 0 || c.pos > next {
+                    return true; // waiting for an answer, or for the numbers to reach it
+                }
+                if c.pos == next {
+                    joined.append(&mut c.clients);
+                    return false;
+                }
+                let room = c.clients.iter().all(|&k| clients.slab[k].out.queued() <= clients.max_send_queue / 2);
+                if room {
+                    let (from, limit) = (c.pos, FETCH_MESSAGES as u32);
+                    c.fetching = link.request(Asker::Cursor(name.clone()), |req| Frame::Fetch {
+                        req,
+                        from,
+                        limit,
+                        topic: &name,
+                    });
+                }
+                true
+            });
+            t.subscribers.extend(joined);
+            !t.cursors.is_empty()
+        });
+    }
+
+    /// The retained messages a position asked for: told as a GAP line where
+    /// numbers are gone, then delivered (encoded once per form for all its
+    /// readers); the position moves on.
+    #[allow(clippy::too_many_arguments)]
+    fn fetched(
+        &mut self,
+        topics: &mut Topics,
+        clients: &mut Clients,
+        req: u32,
+        gap: Option<(u64, u64)>,
+        first: u64,
+        next: u64,
+        topic: &[u8],
+        messages: &[u8],
+    ) {
+        let Some(id) = topics.find(topic) else { return };
+        let t = topics.get_mut(id);
+        let Some(c) = t.cursors.iter_mut().find(|c| c.fetching == Some(req)) else { return };
+        c.fetching = None;
+        if let Some((g0, g1)) = gap {
+            let line = reply::gap(topic, g0, g1);
+            for &key in &c.clients {
+                clients.gap(key, &line);
+            }
+        }
+        let count = frame::fetched(messages).count() as u32;
+        if count > 0 {
+            let mut plain = Vec::with_capacity(messages.len() + 32 * count as usize);
+            frame::fetched(messages).for_each(|m| reply::received(&mut plain, topic, m));
+            let mut forms = Forms::default();
+            for &key in &c.clients {
+                let cl = &clients.slab[key];
+                let chunk = forms.get(cl.wire, cl.seq, &plain, || {
+                    let mut out = Vec::with_capacity(plain.len() + 8 * count as usize);
+                    for (i, m) in frame::fetched(messages).enumerate() {
+                        reply::received_seq(&mut out, topic, first + i as u64, m);
+                    }
+                    out
+                });
+                clients.deliver(key, chunk, count);
+            }
+        }
+        c.pos = c.pos.max(next);
+        self.behind(id);
+    }
+}
+
+/// The encodings of one batch of deliveries, each made the first time a
+/// reader needs it: plain lines, numbered lines (`seq on`), and each of those
+/// as WebSocket text frames, one per line.
+#[derive(Default)]
+struct Forms([Option<Rc<[u8]>>; 4]);
+
+impl Forms {
+    fn get(&mut self, wire: Wire, seq: bool, plain: &[u8], numbered: impl FnOnce() -> Vec<u8>) -> &Rc<[u8]> {
+        if seq && self.0[1].is_none() {
+            self.0[1] = Some(numbered().into());
+        }
+        let i = 2 * usize::from(wire == Wire::WebSocket) + usize::from(seq);
+        if self.0[i].is_none() {
+            let lines = if seq { self.0[1].as_deref().expect("made above") } else { plain };
+            self.0[i] = Some(match wire {
+                Wire::Lines => Rc::from(lines),
+                Wire::WebSocket => websocket::frames_of_lines(lines).into(),
+            });
+        }
+        self.0[i].as_ref().expect("made above")
     }
 }

@@ -16,8 +16,8 @@ use mio::{Interest, Registry, Token};
 use serde::{Deserialize, Serialize};
 
 use super::clients::{mark_dirty, Client, Replies, Wire};
-use super::link::{Link, LinkError, State, TOKEN};
-use super::topics::{Topic, Topics};
+use super::link::{Asker, Confirm, Link, LinkError, State, TOKEN};
+use super::topics::{Cursor, Topic, Topics};
 use super::PubSub;
 use crate::protocol::frame::FrameReader;
 use crate::protocol::input::Input;
@@ -35,7 +35,9 @@ impl Payload for Msg {
     /// 2: bincode. 3: the line reader lost its telnet state. 4: postcard,
     /// replies held as one struct, output as (bytes, written).
     /// 5: a client's input is sniffing, lines, WebSocket or HTTP.
-    const FORMAT: u8 = 5;
+    /// 6: numbered messages: client flags, answers held, positions, what the
+    /// link owes.
+    const FORMAT: u8 = 6;
 }
 
 /// A client connection in flight (its socket travels with it).
@@ -51,6 +53,8 @@ pub struct ClientState {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub closing: bool,
+    pub seq: bool,
+    pub confirm: bool,
 }
 
 /// The channel link and the topics. Sent after every client, whose ids the
@@ -64,6 +68,12 @@ pub struct LinkState {
     pub unparsed: Vec<u8>,
     pub topics: Vec<TopicState>,
     pub lost: u64,
+    pub epoch: u64,
+    /// What the link owes, clients named by id (their `key` is remapped).
+    pub confirms: Vec<Confirm>,
+    pub requests: Vec<(u32, Asker)>,
+    pub next_req: u32,
+    pub next_token: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,7 +81,11 @@ pub struct TopicState {
     pub name: Vec<u8>,
     /// Client ids.
     pub subscribers: Vec<u64>,
-    pub waiting: Vec<u64>,
+    /// (client id, the number it starts from).
+    pub waiting: Vec<(u64, u64)>,
+    /// (position, client ids, fetch in flight).
+    pub cursors: Vec<(u64, Vec<u64>, Option<u32>)>,
+    pub next: u64,
     pub remote: bool,
     pub acks_pending: u32,
 }
@@ -88,19 +102,33 @@ impl PubSub {
                 bytes_in: c.bytes_in,
                 bytes_out: c.bytes_out,
                 closing: c.closing,
+                seq: c.seq,
+                confirm: c.confirm,
             };
             to.send(&Msg::Client(state), Some(c.stream.as_fd()))?;
         }
         let slab = &self.clients.slab;
         let topics = export_topics(&self.topics, |key| slab[key].id);
         let link = &self.link;
-        let (state, stream) = match (&link.stream, link.schedule.state) {
+        let mut state = LinkState {
+            out: (link.out.parts().0, 0),
+            unparsed: Vec::new(),
+            topics,
+            lost: link.lost,
+            epoch: link.epoch,
+            confirms: link.owed.confirms.iter().map(|c| Confirm { key: 0, ..*c }).collect(),
+            requests: link.owed.requests.iter().cloned().collect(),
+            next_req: link.owed.next_req,
+            next_token: self.next_token,
+        };
+        let stream = match (&link.stream, link.schedule.state) {
             (Some(s), State::Up) => {
-                let out = link.out.parts();
-                (LinkState { out, unparsed: link.reader.unparsed().to_vec(), topics, lost: link.lost }, Some(s))
+                state.out = link.out.parts();
+                state.unparsed = link.reader.unparsed().to_vec();
+                Some(s)
             }
             // Not connected: nothing has been written since the link broke.
-            _ => (LinkState { out: (link.out.parts().0, 0), unparsed: Vec::new(), topics, lost: link.lost }, None),
+            _ => None,
         };
         to.send(&Msg::Link(state), stream.map(|s| s.as_fd()))
     }
@@ -121,6 +149,8 @@ impl PubSub {
                 c.bytes_in = s.bytes_in;
                 c.bytes_out = s.bytes_out;
                 c.closing = s.closing;
+                c.seq = s.seq;
+                c.confirm = s.confirm;
                 self.next_id = self.next_id.max(s.id + 1);
                 let key = self.clients.slab.insert(c);
                 if s.closing {
@@ -136,10 +166,30 @@ impl PubSub {
                 for t in l.topics {
                     let id = import_topic(&mut self.topics, t, |cid| by_id.get(&cid).copied());
                     let t = self.topics.get(id);
-                    for &key in t.subscribers.iter().chain(&t.waiting) {
+                    let waiting = t.waiting.keys().copied();
+                    let cursors = t.cursors.iter().flat_map(|c| c.clients.iter().copied());
+                    for key in t.subscribers.iter().copied().chain(waiting).chain(cursors).collect::<Vec<_>>() {
                         self.clients.slab[key].topics.insert(id);
                     }
+                    self.batches.behind(id);
                 }
+                let key_of = |id: u64| by_id.get(&id).copied().unwrap_or(usize::MAX);
+                let owed = &mut self.link.owed;
+                // A client that closed meanwhile has no key: its answers are dropped on arrival.
+                owed.confirms = l.confirms.into_iter().map(|c| Confirm { key: key_of(c.id), ..c }).collect();
+                owed.requests = l
+                    .requests
+                    .into_iter()
+                    .map(|(r, a)| match a {
+                        Asker::Client { id, token, topic, .. } => {
+                            (r, Asker::Client { key: key_of(id), id, token, topic })
+                        }
+                        cursor => (r, cursor),
+                    })
+                    .collect();
+                owed.next_req = l.next_req;
+                self.link.epoch = l.epoch;
+                self.next_token = l.next_token;
                 let stream = fd.map(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
                 adopt_link(&mut self.link, reg, stream, l.out, l.unparsed, l.lost);
                 for (key, c) in self.clients.slab.iter_mut() {
@@ -171,29 +221,31 @@ fn adopt_link(
             Ok(()) => {
                 link.reader = FrameReader::with_bytes(unparsed);
                 link.stream = Some(s);
-                link.schedule.up(now); // already up: not a reconnect
+                link.schedule.up();
                 link.schedule.heard(now);
                 link.schedule.welcomed(); // by the predecessor's channel server
             }
             Err(e) => link.down(reg, LinkError::Io(e), now),
         },
         None => {
-            // A HELLO and SUBs queued for a connect in progress are redone.
-            link.lost += link.out.keep_unstarted_publishes();
-            link.schedule.state = State::Down { retry_at: now };
+            // A HELLO and SUBs queued for a connect in progress are redone;
+            // what the broken link owed is settled as for any break.
+            link.down_adopted(now);
         }
     }
 }
 
 /// Every topic with its remote state, subscribers mapped through `id`.
 fn export_topics(topics: &Topics, id: impl Fn(usize) -> u64) -> Vec<TopicState> {
-    let ids = |v: &indexmap::IndexSet<usize>| v.iter().map(|k| id(*k)).collect();
+    let ids = |v: &mut dyn Iterator<Item = &usize>| v.map(|k| id(*k)).collect::<Vec<u64>>();
     topics
         .iter()
         .map(|t| TopicState {
             name: t.name.to_vec(),
-            subscribers: ids(&t.subscribers),
-            waiting: ids(&t.waiting),
+            subscribers: ids(&mut t.subscribers.iter()),
+            waiting: t.waiting.iter().map(|(&k, &from)| (id(k), from)).collect(),
+            cursors: t.cursors.iter().map(|c| (c.pos, ids(&mut c.clients.iter()), c.fetching)).collect(),
+            next: t.next,
             remote: t.remote,
             acks_pending: t.acks_pending,
         })
@@ -202,14 +254,21 @@ fn export_topics(topics: &Topics, id: impl Fn(usize) -> u64) -> Vec<TopicState> 
 
 /// Restores a topic exported by a predecessor, subscribers mapped through `key`.
 fn import_topic(topics: &mut Topics, t: TopicState, key: impl Fn(u64) -> Option<usize>) -> usize {
-    let keys = |v: Vec<u64>| v.into_iter().filter_map(&key).collect();
+    let cursors = t.cursors.into_iter().map(|(pos, clients, fetching)| Cursor {
+        pos,
+        clients: clients.into_iter().filter_map(&key).collect(),
+        fetching,
+    });
     topics.insert(Topic {
         name: t.name.into(),
-        subscribers: keys(t.subscribers),
-        waiting: keys(t.waiting),
+        subscribers: t.subscribers.into_iter().filter_map(&key).collect(),
+        waiting: t.waiting.into_iter().filter_map(|(c, from)| Some((key(c)?, from))).collect(),
+        cursors: cursors.filter(|c: &Cursor| !c.clients.is_empty()).collect(),
+        next: t.next,
         remote: t.remote,
         acks_pending: t.acks_pending,
         batch: Vec::new(),
         batch_msgs: 0,
+        batch_index: Vec::new(),
     })
 }

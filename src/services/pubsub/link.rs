@@ -1,10 +1,17 @@
 //! A worker's one connection to the channel server: reconnects with backoff,
-//! buffers publishes (bounded) while it is down, holds them for a moment after
-//! a reconnect (see SETTLE), and hands out the frames the channel server sends.
+//! buffers publishes (bounded) while it is down, hands out the frames the
+//! channel server sends, and keeps what is owed on it: the publishes waiting
+//! for a PUBACK and the requests waiting for an answer. When it breaks, those
+//! whose frames went out are given up (`broken`), for the service to tell.
 //!
-//! When to connect and when publishes may go is the `Schedule`, apart from the
-//! socket and given the time, so that its rules are tested without either.
+//! Nothing is held after a reconnect: every worker resubscribes each topic
+//! from the next number it wants, so a message published before another
+//! worker is back is fetched by that worker, not lost.
+//!
+//! When to connect is the `Schedule`, apart from the socket and given the
+//! time, so that its rules are tested without either.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -21,10 +28,6 @@ use crate::runtime::outbound::Outbound;
 pub const TOKEN: mio::Token = SERVICE;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// After a reconnect, publishes wait this long: the other workers, retrying on
-/// their own backoff (at most MAX_BACKOFF apart), must have re-subscribed at a
-/// restarted channel server first, or it would have nobody to send them to.
-const SETTLE: Duration = Duration::from_millis(1250);
 /// A link that has been silent this long is asked for a PONG.
 const PING_AFTER: Duration = Duration::from_secs(1);
 /// A link that has been silent this long, a PING included, is dead: dropped
@@ -76,7 +79,7 @@ pub enum Liveness {
     Dead,
 }
 
-/// The link's clock: reconnect backoff, the hold after a reconnect, and
+/// The link's clock: reconnect backoff and
 /// liveness (a PING after PING_AFTER of silence, dead after DEAD_AFTER: the
 /// channel server stopped, hung, or its host gone without a reset), so that
 /// `up` means up.
@@ -84,10 +87,6 @@ pub enum Liveness {
 pub struct Schedule {
     pub state: State,
     backoff: Duration,
-    /// The link has been up before: a connect now is a reconnect.
-    was_up: bool,
-    /// Publishes are held until then (see SETTLE); SUB/UNSUB ahead of them go.
-    hold_until: Option<Instant>,
     /// When the channel server was last heard from (or the connect began).
     heard: Instant,
     /// A PING is out since then.
@@ -102,8 +101,6 @@ impl Schedule {
         Schedule {
             state: State::Down { retry_at: now },
             backoff: MIN_BACKOFF,
-            was_up: false,
-            hold_until: None,
             heard: now,
             pinged: false,
             welcomed: false,
@@ -148,14 +145,9 @@ impl Schedule {
         matches!(self.state, State::Down { retry_at } if retry_at <= now)
     }
 
-    /// Connected. Returns whether it is a reconnect, whose publishes are held.
-    pub fn up(&mut self, now: Instant) -> bool {
+    /// Connected (the hello may go).
+    pub fn up(&mut self) {
         self.state = State::Up;
-        let again = std::mem::replace(&mut self.was_up, true);
-        if again {
-            self.hold_until = Some(now + SETTLE);
-        }
-        again
     }
 
     /// The channel server accepted our hello: the next failure starts afresh.
@@ -170,26 +162,41 @@ impl Schedule {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// Whether publishes are still held after a reconnect.
-    pub fn holding(&mut self, now: Instant) -> bool {
-        match self.hold_until {
-            Some(until) if now < until => true,
-            _ => {
-                self.hold_until = None;
-                false
-            }
-        }
-    }
-
     pub fn next_deadline(&self) -> Option<Instant> {
         let quiet = if self.pinged || self.state == State::Connecting { DEAD_AFTER } else { PING_AFTER };
         let alive = self.heard + quiet;
         match self.state {
             State::Down { retry_at } => Some(retry_at),
-            State::Up => Some(self.hold_until.map_or(alive, |h| h.min(alive))),
-            State::Connecting => Some(alive),
+            State::Up | State::Connecting => Some(alive),
         }
     }
+}
+
+/// Who waits for the answer to a request on the link.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Asker {
+    /// A cursor of this topic (`Cursor::fetching` names the request).
+    Cursor(Box<[u8]>),
+    /// A client's `history` or `info` of `topic`; `token` is the place held
+    /// for the answer.
+    Client { key: usize, id: u64, token: u64, topic: Box<[u8]> },
+}
+
+/// What a broken link leaves unanswered.
+#[derive(Debug)]
+pub enum Broken {
+    /// A publish that asked for a confirm went out and its PUBACK did not come.
+    Confirm(Confirm),
+    Request(Asker),
+}
+
+/// A publish waiting for its PUBACK: the client (slab key and id) and the
+/// place held for the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Confirm {
+    pub key: usize,
+    pub id: u64,
+    pub token: u64,
 }
 
 pub struct Link {
@@ -203,6 +210,34 @@ pub struct Link {
     /// Publishes lost in the kernel or half-written when a link broke.
     pub lost: u64,
     warned: bool,
+    /// The channel server's epoch, from its last WELCOME (0: none yet).
+    pub epoch: u64,
+    pub owed: Owed,
+}
+
+/// What is owed on the link: answers the channel server will send.
+#[derive(Debug, Default)]
+pub struct Owed {
+    /// Publishes sent or queued that asked for a confirm, in order.
+    pub confirms: VecDeque<Confirm>,
+    /// Requests sent, in order.
+    pub requests: VecDeque<(u32, Asker)>,
+    pub next_req: u32,
+    /// What the last break left unanswered, for the service to tell.
+    pub broken: Vec<Broken>,
+}
+
+impl Owed {
+    /// The asker of the answer `req` (answers come in the order asked).
+    pub fn answered(&mut self, req: u32) -> Option<Asker> {
+        while let Some((r, asker)) = self.requests.pop_front() {
+            if r == req {
+                return Some(asker);
+            }
+            self.broken.push(Broken::Request(asker)); // not expected: answers keep order
+        }
+        None
+    }
 }
 
 impl Link {
@@ -217,6 +252,8 @@ impl Link {
             max_buffer,
             lost: 0,
             warned: false,
+            epoch: 0,
+            owed: Owed::default(),
         }
     }
 
@@ -237,9 +274,29 @@ impl Link {
         self.out.queued()
     }
 
+    /// Up and welcomed.
+    pub fn is_up(&self) -> bool {
+        self.schedule.is_up()
+    }
+
     /// Queues a publish; it waits in the buffer while the link is down.
-    pub fn publish(&mut self, topic: &[u8], message: &[u8]) {
-        self.out.push_frame(Frame::Publish { topic, message });
+    pub fn publish(&mut self, topic: &[u8], message: &[u8], confirm: Option<Confirm>) {
+        self.out.push_frame(Frame::Publish { confirm: confirm.is_some(), topic, message });
+        self.owed.confirms.extend(confirm);
+    }
+
+    /// Queues a FETCH or INFO, built by `frame` from the request id; returns
+    /// the id. Only while the link is up (`None` otherwise): what is asked on
+    /// a link being set up is asked again once it is.
+    pub fn request<'a>(&mut self, asker: Asker, frame: impl FnOnce(u32) -> Frame<'a>) -> Option<u32> {
+        if !self.is_up() {
+            return None;
+        }
+        let req = self.owed.next_req.wrapping_add(1).max(1);
+        self.owed.next_req = req;
+        self.out.push_frame(frame(req));
+        self.owed.requests.push_back((req, asker));
+        Some(req)
     }
 
     /// Queues SUB/UNSUB. Skipped while down: `connect` subscribes afresh.
@@ -253,9 +310,9 @@ impl Link {
         self.schedule.due(now)
     }
 
-    /// Connects, queueing the hello and a SUB for each topic ahead of the
-    /// buffered publishes.
-    pub fn connect(&mut self, reg: &Registry, topics: &[&[u8]], now: Instant) {
+    /// Connects, queueing the hello and a SUB for each topic (from the next
+    /// number wanted) ahead of the buffered publishes.
+    pub fn connect(&mut self, reg: &Registry, topics: &[(&[u8], u64)], now: Instant) {
         let mut stream = match TcpStream::connect(self.addr) {
             Ok(s) => s,
             Err(e) => return self.down(reg, LinkError::Connect(e), now),
@@ -267,8 +324,8 @@ impl Link {
         }
         let mut head = Vec::new();
         Frame::Hello { version: VERSION, secret: &self.secret }.encode(&mut head);
-        for topic in topics {
-            Frame::Sub(topic).encode(&mut head);
+        for &(topic, from) in topics {
+            Frame::Sub { from, topic }.encode(&mut head);
         }
         self.out.push_front(head);
         self.stream = Some(stream);
@@ -281,13 +338,7 @@ impl Link {
         if self.schedule.state == State::Connecting {
             let Some(stream) = &self.stream else { return };
             match stream.take_error() {
-                Ok(None) if stream.peer_addr().is_ok() => {
-                    if self.schedule.up(now) {
-                        info!(
-                            "channel link reconnected: publishes wait {SETTLE:?} for the other workers to re-subscribe"
-                        );
-                    }
-                }
+                Ok(None) if stream.peer_addr().is_ok() => self.schedule.up(),
                 Ok(None) => return, // not connected yet: a spurious event
                 Ok(Some(e)) | Err(e) => return self.down(reg, LinkError::Connect(e), now),
             }
@@ -296,8 +347,16 @@ impl Link {
     }
 
     /// The channel server accepted our hello.
-    pub fn welcomed(&mut self) {
-        info!("channel link up ({})", self.addr);
+    pub fn welcomed(&mut self, epoch: u64) {
+        match self.epoch {
+            0 => info!("channel link up ({}), epoch {epoch:016x}", self.addr),
+            e if e == epoch => info!("channel link up again ({})", self.addr),
+            _ => warn!(
+                "channel link up ({}) to a channel server with a new epoch {epoch:016x}: it restarted without its data",
+                self.addr
+            ),
+        }
+        self.epoch = epoch;
         self.schedule.welcomed();
         self.warned = false;
     }
@@ -327,9 +386,8 @@ impl Link {
         if self.schedule.state != State::Up {
             return;
         }
-        let hold = self.schedule.holding(now);
         let Some(stream) = &mut self.stream else { return };
-        match self.out.write_frames(stream, hold) {
+        match self.out.write_to(stream) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WriteZero => self.down(reg, LinkError::Closed, now),
             Err(e) => self.down(reg, LinkError::Io(e), now),
@@ -337,7 +395,9 @@ impl Link {
     }
 
     /// Drops the connection and schedules a reconnect. Publishes not yet
-    /// written stay buffered; a frame cut in half cannot be resent and is lost.
+    /// written stay buffered; a frame cut in half cannot be resent and is
+    /// lost. The confirms of publishes that went out, and every request, are
+    /// given up (`broken`): whether the channel server got them is unknown.
     pub fn down(&mut self, reg: &Registry, why: LinkError, now: Instant) {
         if let Some(mut s) = self.stream.take() {
             let _ = reg.deregister(&mut s);
@@ -346,12 +406,30 @@ impl Link {
             warn!("channel link to {} down: {why}; reconnecting", self.addr);
             self.warned = true;
         }
-        self.lost += self.out.keep_unstarted_publishes();
+        self.keep_unstarted();
         self.schedule.down(now);
+    }
+
+    /// After a break: only the publishes not yet started stay queued; what
+    /// went out and is owed an answer is given up (`Owed::broken`).
+    fn keep_unstarted(&mut self) {
+        self.lost += self.out.keep_unstarted_publishes();
+        let kept = self.out.count_confirms() as usize;
+        let o = &mut self.owed;
+        let gone = o.confirms.len().saturating_sub(kept);
+        o.broken.extend(o.confirms.drain(..gone).map(Broken::Confirm));
+        o.broken.extend(o.requests.drain(..).map(|(_, a)| Broken::Request(a)));
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.schedule.next_deadline()
+    }
+
+    /// A link taken over while it was not connected: as `down`, retrying at once.
+    pub fn down_adopted(&mut self, now: Instant) {
+        self.stream = None;
+        self.keep_unstarted();
+        self.schedule.state = State::Down { retry_at: now };
     }
 }
 
@@ -374,28 +452,10 @@ mod tests {
             retries.push((retry_at - t0).as_millis());
         }
         assert_eq!(retries, [50, 100, 200, 400, 800, 1000, 1000]);
-        s.up(t0);
+        s.up();
         s.welcomed();
         s.down(t0);
         assert_eq!(s.state, State::Down { retry_at: t0 + MIN_BACKOFF });
-    }
-
-    #[test]
-    fn publishes_are_held_after_a_reconnect_only() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(t0);
-        assert!(!s.up(t0), "a first connect is not a reconnect");
-        assert!(!s.holding(t0));
-        assert_eq!(s.next_deadline(), Some(t0 + PING_AFTER), "no hold: only the next ping");
-        s.down(t0);
-        let t1 = t0 + Duration::from_secs(3);
-        s.connecting(t1);
-        assert!(s.up(t1));
-        assert!(s.holding(t1) && s.holding(t1 + SETTLE - Duration::from_millis(1)));
-        s.heard(t1 + SETTLE / 2);
-        assert_eq!(s.next_deadline(), Some(t1 + SETTLE), "the loop wakes up to release them");
-        assert!(!s.holding(t1 + SETTLE));
-        assert_eq!(s.next_deadline(), Some(t1 + SETTLE / 2 + PING_AFTER), "then for the next ping");
     }
 
     #[test]
@@ -404,7 +464,7 @@ mod tests {
         let mut s = Schedule::new(t0);
         s.connecting(t0);
         assert_eq!(s.next_deadline(), Some(t0 + DEAD_AFTER), "a connect that hangs");
-        s.up(t0);
+        s.up();
         assert!(!s.is_up(), "up only once welcomed");
         s.welcomed();
         assert!(s.is_up());

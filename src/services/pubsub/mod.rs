@@ -30,7 +30,7 @@ use crate::runtime::event_loop::Service;
 use crate::runtime::handoff::Sender;
 use clients::{Client, Clients, Wire};
 use fanout::Batches;
-use link::{Link, LinkError};
+use link::{Asker, Broken, Link, LinkError};
 use topics::Topics;
 
 mod clients;
@@ -60,6 +60,8 @@ pub struct PubSub {
     /// The link's reads ran out of turns with input possibly left.
     link_unread: bool,
     draining: bool,
+    /// The last token given to an answer that comes later (`Replies::fill`).
+    next_token: u64,
 }
 
 impl PubSub {
@@ -76,6 +78,22 @@ impl PubSub {
             next_id: 1,
             link_unread: false,
             draining: false,
+            next_token: 0,
+        }
+    }
+
+    /// Tells the clients what a broken link left unanswered: a publish whose
+    /// confirm did not come gets an `ERR` line in its place (it may or may
+    /// not have been published); a `history` or `info` likewise; positions
+    /// whose fetch was lost ask again on the next link.
+    fn settle_broken(&mut self) {
+        for b in std::mem::take(&mut self.link.owed.broken) {
+            let (key, id, token, why) = match b {
+                Broken::Confirm(c) => (c.key, c.id, c.token, reply::UNCONFIRMED),
+                Broken::Request(Asker::Client { key, id, token, .. }) => (key, id, token, reply::LINK_DOWN),
+                Broken::Request(Asker::Cursor(_)) => continue, // `Topics::relink` resets them
+            };
+            self.clients.fill(key, id, token, reply::error(why).concat());
         }
     }
 
@@ -265,9 +283,16 @@ impl Service for PubSub {
         self.link.check_alive(reg, now);
         if self.link.due(now) {
             let ids = self.topics.relink();
-            let names: Vec<&[u8]> = ids.iter().map(|id| &*self.topics.get(*id).name).collect();
-            self.link.connect(reg, &names, now);
+            let subs: Vec<(&[u8], u64)> = ids
+                .iter()
+                .map(|id| {
+                    let t = self.topics.get(*id);
+                    (&*t.name, t.next)
+                })
+                .collect();
+            self.link.connect(reg, &subs, now);
         }
+        self.batches.pump(&mut self.link, &mut self.topics, &self.clients);
         if !self.link.congested() {
             for key in std::mem::take(&mut self.clients.unread) {
                 if let Some(c) = self.clients.slab.get_mut(key) {
@@ -289,6 +314,7 @@ impl Service for PubSub {
         }
         // Once, after the closes: their UNSUBs go with this turn's publishes.
         self.link.flush(reg, now);
+        self.settle_broken();
         let more = self.link_unread || (!self.clients.unread.is_empty() && !self.link.congested());
         if more {
             Some(now)
@@ -322,6 +348,7 @@ impl Service for PubSub {
             dropped: c.dropped + self.link.lost,
             slow_consumers: c.slow_consumers,
             websockets: self.clients.slab.iter().filter(|(_, c)| c.wire == Wire::WebSocket).count() as u64,
+            gaps: c.gaps,
             link: self.link.state_name().into(),
             ..Default::default()
         }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use indexmap::IndexSet;
+use indexmap::{IndexMap, IndexSet};
 
 use slab::Slab;
 
@@ -17,12 +17,18 @@ pub type TopicId = usize;
 #[derive(Debug)]
 pub struct Topic {
     pub name: Box<[u8]>,
-    /// Connections receiving this topic. Sets, so that a connection leaves a
-    /// topic of 100 000 subscribers in constant time; iterated as densely as
-    /// a list for the fan-out.
+    /// Connections receiving this topic live. Sets, so that a connection
+    /// leaves a topic of 100 000 subscribers in constant time; iterated as
+    /// densely as a list for the fan-out.
     pub subscribers: IndexSet<usize>,
-    /// Connections waiting for the channel server's acknowledgement.
-    pub waiting: IndexSet<usize>,
+    /// Connections waiting for the channel server's acknowledgement, each
+    /// with the number to start from (0: live, as `subscribe`).
+    pub waiting: IndexMap<usize, u64>,
+    /// Connections that are positions in the retained messages rather than
+    /// live: they resumed from a number, or fell behind.
+    pub cursors: Vec<Cursor>,
+    /// The number of the next message the link brings (0: not known yet).
+    pub next: u64,
     /// A SUB has been sent since the last UNSUB (on this link).
     pub(super) remote: bool,
     /// SUBs sent on this link not yet acknowledged.
@@ -31,6 +37,19 @@ pub struct Topic {
     /// to every subscriber as one shared chunk.
     pub batch: Vec<u8>,
     pub batch_msgs: u32,
+    /// Each message of the batch: its number and where it lies in `batch`,
+    /// so that the `#seq` form is encoded only if a subscriber wants it.
+    pub batch_index: Vec<(u64, u32, u32)>,
+}
+
+/// Readers of one topic at one position, fed from the retained messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The next number they are owed.
+    pub pos: u64,
+    pub clients: Vec<usize>,
+    /// The FETCH request in flight for them.
+    pub fetching: Option<u32>,
 }
 
 /// What the caller must tell the channel server.
@@ -56,6 +75,10 @@ impl Topics {
         &mut self.topics[id]
     }
 
+    pub fn get_opt_mut(&mut self, id: TopicId) -> Option<&mut Topic> {
+        self.topics.get_mut(id)
+    }
+
     pub fn find(&self, name: &[u8]) -> Option<TopicId> {
         self.by_name.get(name).copied()
     }
@@ -65,20 +88,25 @@ impl Topics {
         self.topics.iter().filter(|(_, t)| !t.subscribers.is_empty()).count()
     }
 
-    /// Adds `conn`. Returns the topic, whether `conn` is subscribed already
-    /// (acknowledged: reply at once) and what to send to the channel server.
-    pub fn subscribe(&mut self, name: &[u8], conn: usize) -> (TopicId, bool, Remote) {
+    /// Adds `conn`, to start at `from` (0: live). Returns the topic, whether
+    /// the subscription is in effect already (reply at once, then call
+    /// `place`) or waits for the acknowledgement (`acknowledge` returns it),
+    /// and what to send to the channel server.
+    pub fn subscribe(&mut self, name: &[u8], conn: usize, from: u64) -> (TopicId, bool, Remote) {
         let id = match self.find(name) {
             Some(id) => id,
             None => {
                 let id = self.topics.insert(Topic {
                     name: name.into(),
                     subscribers: IndexSet::new(),
-                    waiting: IndexSet::new(),
+                    waiting: IndexMap::new(),
+                    cursors: Vec::new(),
+                    next: 0,
                     remote: false,
                     acks_pending: 0,
                     batch: Vec::new(),
                     batch_msgs: 0,
+                    batch_index: Vec::new(),
                 });
                 self.by_name.insert(name.into(), id);
                 id
@@ -92,11 +120,30 @@ impl Topics {
             remote = Remote::Subscribe;
         }
         if t.acks_pending == 0 {
-            t.subscribers.insert(conn);
             (id, true, remote)
         } else {
-            t.waiting.insert(conn);
+            t.waiting.insert(conn, from);
             (id, false, remote)
+        }
+    }
+
+    /// Puts a connection whose subscription is in effect in its place: live,
+    /// or a position of its own when it starts elsewhere than the link's next.
+    pub fn place(&mut self, id: TopicId, conn: usize, from: u64) {
+        let t = &mut self.topics[id];
+        if from == 0 || from == t.next {
+            t.subscribers.insert(conn);
+        } else {
+            t.cursors.push(Cursor { pos: from, clients: vec![conn], fetching: None });
+        }
+    }
+
+    /// Every live subscriber falls behind to the position `pos`, together.
+    pub fn all_behind(&mut self, id: TopicId, pos: u64) {
+        let t = &mut self.topics[id];
+        if !t.subscribers.is_empty() {
+            let clients = std::mem::take(&mut t.subscribers).into_iter().collect();
+            t.cursors.push(Cursor { pos, clients, fetching: None });
         }
     }
 
@@ -105,8 +152,10 @@ impl Topics {
         let t = &mut self.topics[id];
         t.subscribers.swap_remove(&conn);
         t.waiting.swap_remove(&conn);
+        t.cursors.iter_mut().for_each(|k| k.clients.retain(|c| *c != conn));
+        t.cursors.retain(|k| !k.clients.is_empty());
         let mut remote = Remote::None;
-        if t.subscribers.is_empty() && t.waiting.is_empty() && t.remote {
+        if t.subscribers.is_empty() && t.waiting.is_empty() && t.cursors.is_empty() && t.remote {
             t.remote = false;
             remote = Remote::Unsubscribe;
         }
@@ -114,16 +163,26 @@ impl Topics {
         remote
     }
 
-    /// The channel server acknowledged a SUB. Returns the topic and the
-    /// connections now subscribed that must be told so.
-    pub fn acknowledge(&mut self, name: &[u8]) -> Option<(TopicId, Vec<usize>)> {
+    /// The channel server acknowledged a SUB: the link's next message is
+    /// `next`. Returns the topic and the connections now subscribed, with
+    /// where they start, which must be told so and then placed (`place`).
+    /// Live subscribers that the link has to bring earlier numbers than
+    /// `next` (after a re-link) fall behind to them.
+    pub fn acknowledge(&mut self, name: &[u8], next: u64) -> Option<(TopicId, Vec<(usize, u64)>)> {
         let id = self.find(name)?;
         let t = &mut self.topics[id];
         t.acks_pending = t.acks_pending.saturating_sub(1);
         let mut confirmed = Vec::new();
         if t.acks_pending == 0 && t.remote {
             confirmed = std::mem::take(&mut t.waiting).into_iter().collect();
-            t.subscribers.extend(&confirmed);
+            let known = t.next;
+            if known != 0 && next > known {
+                self.all_behind(id, known);
+            }
+            let t = &mut self.topics[id];
+            // A lower next: a restarted server numbers on below what was
+            // delivered here; numbers already delivered are skipped.
+            t.next = t.next.max(next);
         }
         self.collect(id);
         Some((id, confirmed))
@@ -131,7 +190,8 @@ impl Topics {
 
     /// The channel server refused a SUB (one of its limits). If it answers
     /// the latest SUB, the topic is not subscribed: returns the connections
-    /// that wanted it (waiting or, after a relink, subscribed), to be told.
+    /// that wanted it (waiting, or after a relink subscribed or positions),
+    /// to be told.
     pub fn refuse(&mut self, name: &[u8]) -> Option<(TopicId, Vec<usize>)> {
         let id = self.find(name)?;
         let t = &mut self.topics[id];
@@ -139,20 +199,22 @@ impl Topics {
         let mut refused = Vec::new();
         if t.acks_pending == 0 && t.remote {
             t.remote = false;
-            refused = std::mem::take(&mut t.waiting).into_iter().collect();
+            refused = std::mem::take(&mut t.waiting).into_keys().collect();
             refused.extend(std::mem::take(&mut t.subscribers));
+            refused.extend(std::mem::take(&mut t.cursors).into_iter().flat_map(|c| c.clients));
         }
         self.collect(id);
         Some((id, refused))
     }
 
-    /// A new link: the topics to subscribe again. Acknowledgements owed on the
-    /// old link will never come.
+    /// A new link: the topics to subscribe again (from their next numbers).
+    /// Acknowledgements and fetches owed on the old link will never come.
     pub fn relink(&mut self) -> Vec<TopicId> {
         let mut resubscribe = Vec::new();
         let mut empty = Vec::new();
         for (id, t) in self.topics.iter_mut() {
             t.acks_pending = u32::from(t.remote);
+            t.cursors.iter_mut().for_each(|c| c.fetching = None);
             if t.remote {
                 resubscribe.push(id);
             } else {
@@ -178,7 +240,8 @@ impl Topics {
     /// Forgets a topic nobody wants and nothing is owed for.
     fn collect(&mut self, id: TopicId) {
         let t = &self.topics[id];
-        if !t.remote && t.acks_pending == 0 && t.subscribers.is_empty() && t.waiting.is_empty() {
+        if !t.remote && t.acks_pending == 0 && t.subscribers.is_empty() && t.waiting.is_empty() && t.cursors.is_empty()
+        {
             let t = self.topics.remove(id);
             self.by_name.remove(&t.name);
         }
@@ -192,10 +255,15 @@ mod tests {
     #[test]
     fn one_remote_subscription_for_many_connections() {
         let mut t = Topics::default();
-        assert_eq!(t.subscribe(b"a", 1), (0, false, Remote::Subscribe));
-        assert_eq!(t.subscribe(b"a", 2), (0, false, Remote::None));
-        assert_eq!(t.acknowledge(b"a"), Some((0, vec![1, 2])));
-        assert_eq!(t.subscribe(b"a", 3), (0, true, Remote::None));
+        assert_eq!(t.subscribe(b"a", 1, 0), (0, false, Remote::Subscribe));
+        assert_eq!(t.subscribe(b"a", 2, 5), (0, false, Remote::None));
+        assert_eq!(t.acknowledge(b"a", 9), Some((0, vec![(1, 0), (2, 5)])));
+        t.place(0, 1, 0);
+        t.place(0, 2, 5);
+        assert_eq!(t.get(0).next, 9);
+        assert_eq!((t.get(0).subscribers.len(), t.get(0).cursors.len()), (1, 1), "2 starts at 5: a position");
+        assert_eq!(t.subscribe(b"a", 3, 0), (0, true, Remote::None));
+        t.place(0, 3, 0);
         assert_eq!(t.unsubscribe(0, 1), Remote::None);
         assert_eq!(t.unsubscribe(0, 2), Remote::None);
         assert_eq!(t.unsubscribe(0, 3), Remote::Unsubscribe);
@@ -205,37 +273,43 @@ mod tests {
     #[test]
     fn resubscribe_waits_for_the_latest_ack() {
         let mut t = Topics::default();
-        t.subscribe(b"a", 1); // SUB #1 in flight
+        t.subscribe(b"a", 1, 0); // SUB #1 in flight
         assert_eq!(t.unsubscribe(0, 1), Remote::Unsubscribe);
-        let (id, now, remote) = t.subscribe(b"a", 2); // SUB #2
+        let (id, now, remote) = t.subscribe(b"a", 2, 0); // SUB #2
         assert_eq!((now, remote), (false, Remote::Subscribe));
         // The ack of SUB #1 must not confirm: UNSUB was processed after it.
-        assert_eq!(t.acknowledge(b"a"), Some((id, vec![])));
-        assert_eq!(t.acknowledge(b"a"), Some((id, vec![2])));
+        assert_eq!(t.acknowledge(b"a", 1), Some((id, vec![])));
+        assert_eq!(t.acknowledge(b"a", 1), Some((id, vec![(2, 0)])));
     }
 
     #[test]
     fn a_refused_sub_refuses_who_waits_for_it() {
         let mut t = Topics::default();
-        t.subscribe(b"a", 1);
-        t.subscribe(b"a", 2);
+        t.subscribe(b"a", 1, 0);
+        t.subscribe(b"a", 2, 0);
         assert_eq!(t.refuse(b"a"), Some((0, vec![1, 2])));
         assert_eq!(t.find(b"a"), None);
         // An answer to an earlier SUB: the latest is still owed one.
-        t.subscribe(b"b", 1);
+        t.subscribe(b"b", 1, 0);
         t.unsubscribe(0, 1);
-        t.subscribe(b"b", 2);
+        t.subscribe(b"b", 2, 0);
         assert_eq!(t.refuse(b"b"), Some((0, vec![])));
-        assert_eq!(t.acknowledge(b"b"), Some((0, vec![2])));
+        assert_eq!(t.acknowledge(b"b", 1), Some((0, vec![(2, 0)])));
     }
 
     #[test]
-    fn relink_resubscribes_wanted_topics() {
+    fn relink_resubscribes_wanted_topics_and_the_live_fall_behind_to_what_they_missed() {
         let mut t = Topics::default();
-        t.subscribe(b"a", 1);
-        t.acknowledge(b"a");
-        t.subscribe(b"b", 2); // never acknowledged: the link died
+        t.subscribe(b"a", 1, 0);
+        t.acknowledge(b"a", 4);
+        t.place(0, 1, 0);
+        t.subscribe(b"b", 2, 0); // never acknowledged: the link died
         assert_eq!(t.relink().len(), 2);
-        assert_eq!(t.acknowledge(b"b").unwrap().1, vec![2]);
+        assert_eq!(t.acknowledge(b"b", 1).unwrap().1, vec![(2, 0)]);
+        // 3 messages were published on a while the link was down.
+        assert_eq!(t.acknowledge(b"a", 7).unwrap().1, vec![]);
+        let a = t.get(0);
+        assert_eq!((a.next, a.subscribers.len()), (7, 0));
+        assert_eq!(a.cursors, [Cursor { pos: 4, clients: vec![1], fetching: None }]);
     }
 }
