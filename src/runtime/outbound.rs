@@ -10,7 +10,7 @@
 //! reference-count increments and no copy. A flush writes up to 1024 chunks
 //! per `writev` (`send` when there is one), handling short writes.
 //!
-//! A framed queue (`Outbound::framed`) holds whole frames of the channel
+//! A queue of frames (`Outbound<Frames>`) holds whole frames of the channel
 //! protocol in one owned chunk, cut only at frame starts, so it always begins
 //! with a whole frame: after a broken link the publishes not yet started can
 //! be picked out and resent, a handoff can tell its successor how much of the
@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::marker::PhantomData;
 use std::rc::Rc;
 
 use crate::protocol::frame;
@@ -27,8 +28,8 @@ use crate::protocol::frame;
 const MAX_IOV: usize = 1024;
 /// Small owned pieces are copied into one chunk up to this size (line queues).
 const OWNED_CHUNK: usize = 4096;
-/// Largest emptied buffer a framed queue keeps for its next frames.
-const SPARE: usize = 1 << 20;
+/// Largest emptied buffer a queue of frames keeps for its next frames.
+const KEEP: usize = 1 << 20;
 
 #[derive(Debug)]
 enum Chunk {
@@ -54,29 +55,50 @@ impl Chunk {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Outbound {
+/// What a queue holds: lines (and any bytes), or frames of the channel
+/// protocol. A type, not a field, so that an idle client's queue is no larger
+/// than it must be and frame operations exist only on a queue of frames.
+pub trait Kind {
+    const FRAMES: bool;
+}
+
+/// Client lines, control lines: any bytes, coalesced into small chunks.
+#[derive(Debug)]
+pub enum Lines {}
+
+/// Channel-protocol frames: one owned chunk, cut only at frame starts.
+#[derive(Debug)]
+pub enum Frames {}
+
+impl Kind for Lines {
+    const FRAMES: bool = false;
+}
+
+impl Kind for Frames {
+    const FRAMES: bool = true;
+}
+
+#[derive(Debug)]
+pub struct Outbound<K: Kind = Lines> {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     head: usize,
     /// Bytes not yet written.
     queued: usize,
-    /// Holds whole frames: one owned chunk, cut only at frame starts.
-    framed: bool,
-    /// A framed queue's buffer, kept empty between bursts (up to `SPARE`).
-    spare: Vec<u8>,
+    _kind: PhantomData<K>,
 }
 
-impl Outbound {
-    /// A queue of channel-protocol frames.
-    pub fn framed() -> Outbound {
-        Outbound { framed: true, ..Outbound::default() }
+impl<K: Kind> Default for Outbound<K> {
+    fn default() -> Self {
+        Outbound { chunks: VecDeque::new(), head: 0, queued: 0, _kind: PhantomData }
     }
+}
 
+impl<K: Kind> Outbound<K> {
     /// A queue taken over from another process: `bytes`, of which the first
     /// `written` were already sent (see `parts`).
-    pub fn from_parts(bytes: Vec<u8>, written: usize, framed: bool) -> Outbound {
-        let mut q = Outbound { framed, ..Outbound::default() };
+    pub fn from_parts(bytes: Vec<u8>, written: usize) -> Self {
+        let mut q = Self::default();
         if !bytes.is_empty() {
             q.head = written.min(bytes.len());
             q.queued = bytes.len() - q.head;
@@ -86,11 +108,11 @@ impl Outbound {
     }
 
     /// What a successor needs to carry on: the bytes not yet written (in a
-    /// framed queue, from the start of the frame being written), and how many
-    /// of them were written already.
+    /// queue of frames, from the start of the frame being written), and how
+    /// many of them were written already.
     pub fn parts(&self) -> (Vec<u8>, usize) {
         let Some(front) = self.chunks.front() else { return (Vec::new(), 0) };
-        let cut = if self.framed { frame::start_of(front.bytes(), self.head) } else { self.head };
+        let cut = if K::FRAMES { frame::start_of(front.bytes(), self.head) } else { self.head };
         let mut out = Vec::with_capacity(self.queued + self.head - cut);
         out.extend_from_slice(&front.bytes()[cut..]);
         self.chunks.iter().skip(1).for_each(|c| out.extend_from_slice(c.bytes()));
@@ -106,109 +128,16 @@ impl Outbound {
         self.queued == 0
     }
 
-    /// Queues a batch shared with other queues (never in a framed queue).
-    pub fn push_shared(&mut self, bytes: &Rc<[u8]>, msgs: u32) {
-        debug_assert!(!self.framed);
-        self.queued += bytes.len();
-        self.chunks.push_back(Chunk::Shared { bytes: Rc::clone(bytes), msgs });
-    }
-
-    /// Appends bytes (in a framed queue, whole frames), copying them into the
-    /// last owned chunk when there is room.
+    /// Appends bytes (to a queue of frames, whole frames), copying them into
+    /// the last owned chunk when there is room.
     pub fn push(&mut self, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.queued += len;
-        let framed = self.framed;
-        let fits = |v: &Vec<u8>| framed || v.len() + len <= OWNED_CHUNK;
+        let fits = |v: &Vec<u8>| K::FRAMES || v.len() + len <= OWNED_CHUNK;
         // The front chunk may be partly written; appending to it is still fine.
         match self.chunks.back_mut() {
             Some(Chunk::Owned(v)) if fits(v) => parts.iter().for_each(|p| v.extend_from_slice(p)),
-            _ => {
-                let mut v = if framed { std::mem::take(&mut self.spare) } else { Vec::with_capacity(len) };
-                parts.iter().for_each(|p| v.extend_from_slice(p));
-                self.chunks.push_back(Chunk::Owned(v));
-            }
-        }
-    }
-
-    /// Appends one frame to a framed queue.
-    pub fn push_frame(&mut self, f: frame::Frame<'_>) {
-        debug_assert!(self.framed);
-        let before = self.len_owned_back();
-        match self.chunks.back_mut() {
-            Some(Chunk::Owned(v)) => f.encode(v),
-            _ => {
-                let mut v = std::mem::take(&mut self.spare);
-                f.encode(&mut v);
-                self.chunks.push_back(Chunk::Owned(v));
-            }
-        }
-        self.queued += self.len_owned_back() - before;
-    }
-
-    fn len_owned_back(&self) -> usize {
-        match self.chunks.back() {
-            Some(Chunk::Owned(v)) => v.len(),
-            _ => 0,
-        }
-    }
-
-    /// Puts bytes ahead of everything queued; only before anything is written.
-    pub fn push_front(&mut self, bytes: Vec<u8>) {
-        debug_assert_eq!(self.head, 0);
-        self.queued += bytes.len();
-        match self.chunks.front_mut() {
-            Some(Chunk::Owned(v)) if self.framed => drop(v.splice(..0, bytes)),
-            _ => self.chunks.push_front(Chunk::Owned(bytes)),
-        }
-    }
-
-    /// Drops everything not yet started, keeping the rest of what is being
-    /// written (a chunk of lines, or a frame) so the stream stays whole.
-    /// Returns the messages dropped: shared batches' messages, or publishes.
-    pub fn discard_unsent(&mut self) -> u64 {
-        if self.framed {
-            let Some(Chunk::Owned(v)) = self.chunks.front_mut() else { return 0 };
-            let keep = frame::end_of(v, self.head);
-            let dropped = frame::count_publishes(&v[keep..]);
-            v.truncate(keep);
-            self.queued = keep - self.head;
-            return dropped;
-        }
-        let keep = usize::from(self.head > 0);
-        let mut dropped = 0;
-        for c in self.chunks.drain(keep..) {
-            self.queued -= c.bytes().len();
-            if let Chunk::Shared { msgs, .. } = c {
-                dropped += u64::from(msgs);
-            }
-        }
-        dropped
-    }
-
-    /// After a broken link (framed): keeps only the publishes not yet
-    /// started, for the next connection. Returns how many publishes were lost:
-    /// a frame cut in half cannot be resent.
-    pub fn keep_unstarted_publishes(&mut self) -> u64 {
-        let Some(Chunk::Owned(v)) = self.chunks.front() else { return 0 };
-        let (kept, lost) = frame::unstarted_publishes(v, self.head);
-        *self = Outbound::from_parts(kept, 0, true);
-        lost
-    }
-
-    /// Publishes asking for a confirm not yet written in full (framed).
-    pub fn count_confirms(&self) -> u64 {
-        match self.chunks.front() {
-            Some(c) => frame::count_confirms(&c.bytes()[frame::start_of(c.bytes(), self.head)..]),
-            None => 0,
-        }
-    }
-
-    /// Frames not yet written in full, the one being written included (framed).
-    pub fn count_frames(&self) -> u64 {
-        match self.chunks.front() {
-            Some(c) => frame::count(&c.bytes()[frame::start_of(c.bytes(), self.head)..]),
-            None => 0,
+            _ => self.chunks.push_back(Chunk::Owned(parts.concat())),
         }
     }
 
@@ -260,27 +189,30 @@ impl Outbound {
         Ok(total)
     }
 
-    fn consume(&mut self, mut n: usize) {
+    fn consume(&mut self, n: usize) {
         self.queued -= n;
-        while n > 0 {
-            let left = self.chunks[0].bytes().len() - self.head;
-            if n < left {
-                self.head += n;
+        self.head += n;
+        let only = self.chunks.len() == 1;
+        while let Some(front) = self.chunks.front_mut() {
+            let len = front.bytes().len();
+            if self.head < len {
                 break;
             }
-            n -= left;
-            self.head = 0;
-            self.pop_front();
-        }
-        while self.chunks.front().is_some_and(|c| c.bytes().len() == self.head) {
-            self.pop_front();
-            self.head = 0;
+            self.head -= len;
+            match front {
+                // A queue of frames keeps its one buffer for the next frames.
+                Chunk::Owned(v) if K::FRAMES && only && v.capacity() <= KEEP => {
+                    v.clear();
+                    break;
+                }
+                _ => drop(self.chunks.pop_front()),
+            }
         }
         if self.chunks.is_empty() && self.chunks.capacity() > 64 {
             self.chunks = VecDeque::new(); // an idle connection holds nothing
         }
-        if let Some(Chunk::Owned(v)) = self.chunks.front_mut().filter(|_| self.framed) {
-            // Keep a framed buffer from growing while its front is written.
+        if let Some(Chunk::Owned(v)) = self.chunks.front_mut().filter(|_| K::FRAMES) {
+            // Keep a buffer of frames from growing while its front is written.
             if self.head > v.len() / 2 {
                 let cut = frame::start_of(v, self.head);
                 v.drain(..cut);
@@ -288,15 +220,98 @@ impl Outbound {
             }
         }
     }
+}
 
-    /// Drops the written front chunk; a framed queue keeps its buffer.
-    fn pop_front(&mut self) {
-        if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
-            if self.framed && v.capacity() <= SPARE {
-                v.clear();
-                self.spare = v;
+impl Outbound<Lines> {
+    /// Queues a batch shared with other queues.
+    pub fn push_shared(&mut self, bytes: &Rc<[u8]>, msgs: u32) {
+        self.queued += bytes.len();
+        self.chunks.push_back(Chunk::Shared { bytes: Rc::clone(bytes), msgs });
+    }
+
+    /// Drops every chunk not yet started, keeping the rest of a partly
+    /// written one so the stream stays at a line boundary. Returns the
+    /// messages of the shared batches dropped.
+    pub fn discard_unsent(&mut self) -> u64 {
+        let keep = usize::from(self.head > 0);
+        let mut dropped = 0;
+        for c in self.chunks.drain(keep..) {
+            self.queued -= c.bytes().len();
+            if let Chunk::Shared { msgs, .. } = c {
+                dropped += u64::from(msgs);
             }
         }
+        dropped
+    }
+}
+
+impl Outbound<Frames> {
+    /// The queue's one buffer of frames, and the bytes of it written.
+    fn frames(&self) -> (&[u8], usize) {
+        match self.chunks.front() {
+            Some(c) => (c.bytes(), self.head),
+            None => (&[], 0),
+        }
+    }
+
+    /// Appends one frame.
+    pub fn push_frame(&mut self, f: frame::Frame<'_>) {
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(v)) => {
+                let before = v.len();
+                f.encode(v);
+                self.queued += v.len() - before;
+            }
+            _ => {
+                let mut v = Vec::new();
+                f.encode(&mut v);
+                self.queued += v.len();
+                self.chunks.push_back(Chunk::Owned(v));
+            }
+        }
+    }
+
+    /// Puts frames ahead of everything queued; only before anything is written.
+    pub fn push_front(&mut self, frames: Vec<u8>) {
+        debug_assert_eq!(self.head, 0);
+        self.queued += frames.len();
+        match self.chunks.front_mut() {
+            Some(Chunk::Owned(v)) => drop(v.splice(..0, frames)),
+            _ => self.chunks.push_front(Chunk::Owned(frames)),
+        }
+    }
+
+    /// Drops every frame not yet started, keeping the rest of the one being
+    /// written so the stream stays whole. Returns the publishes dropped.
+    pub fn discard_unsent(&mut self) -> u64 {
+        let Some(Chunk::Owned(v)) = self.chunks.front_mut() else { return 0 };
+        let keep = frame::end_of(v, self.head);
+        let dropped = frame::count_publishes(&v[keep..]);
+        v.truncate(keep);
+        self.queued = keep - self.head;
+        dropped
+    }
+
+    /// After a broken link: keeps only the publishes not yet started, for the
+    /// next connection. Returns how many publishes were lost: a frame cut in
+    /// half cannot be resent.
+    pub fn keep_unstarted_publishes(&mut self) -> u64 {
+        let (buf, written) = self.frames();
+        let (kept, lost) = frame::unstarted_publishes(buf, written);
+        *self = Outbound::from_parts(kept, 0);
+        lost
+    }
+
+    /// Publishes asking for a confirm not yet written in full.
+    pub fn count_confirms(&self) -> u64 {
+        let (buf, written) = self.frames();
+        frame::count_confirms(&buf[frame::start_of(buf, written)..])
+    }
+
+    /// Frames not yet written in full, the one being written included.
+    pub fn count_frames(&self) -> u64 {
+        let (buf, written) = self.frames();
+        frame::count(&buf[frame::start_of(buf, written)..])
     }
 }
 
@@ -332,7 +347,7 @@ mod tests {
 
     #[test]
     fn short_writes_keep_order() {
-        let mut q = Outbound::default();
+        let mut q = Outbound::<Lines>::default();
         let shared: Rc<[u8]> = Rc::from(&b"m1\nm2\n"[..]);
         q.push(&[b"OK ", b"a\n"]);
         q.push_shared(&shared, 2);
@@ -353,7 +368,7 @@ mod tests {
 
     #[test]
     fn discard_keeps_partial_head() {
-        let mut q = Outbound::default();
+        let mut q = Outbound::<Lines>::default();
         let shared: Rc<[u8]> = Rc::from(&b"abcdef\n"[..]);
         q.push_shared(&shared, 1);
         q.push_shared(&shared, 1);
@@ -369,13 +384,13 @@ mod tests {
 
     #[test]
     fn a_taken_over_queue_goes_on_where_the_socket_stopped() {
-        let mut q = Outbound::default();
+        let mut q = Outbound::<Lines>::default();
         q.push(&[b"hello\n", b"world\n"]);
         let mut w = socket(3);
         q.write_to(&mut w).unwrap();
         let (bytes, written) = q.parts();
         assert_eq!((bytes.as_slice(), written), (&b"lo\nworld\n"[..], 0));
-        let mut q = Outbound::from_parts(bytes, written, false);
+        let mut q = Outbound::<Lines>::from_parts(bytes, written);
         w.limit = usize::MAX;
         q.write_to(&mut w).unwrap();
         assert_eq!(w.got, b"hello\nworld\n");
@@ -401,7 +416,7 @@ mod tests {
     #[test]
     fn cut_mid_frame_then_broken() {
         for budget in [1, 7, 100, 151, 599, 1000] {
-            let mut q = Outbound::framed();
+            let mut q = Outbound::<Frames>::default();
             let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'a' + i; 50 + i as usize]).collect();
             for m in &msgs {
                 q.push_frame(Frame::Publish { confirm: m.len() % 2 == 0, topic: b"t", message: m });
@@ -423,11 +438,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_emptied_queue_of_frames_takes_the_next_ones() {
+        let mut q = Outbound::<Frames>::default();
+        let mut sock = socket(usize::MAX);
+        for m in [&b"one"[..], b"two"] {
+            q.push_frame(Frame::Publish { confirm: false, topic: b"t", message: m });
+            assert_eq!((q.queued(), q.count_frames()), (10, 1));
+            q.write_to(&mut sock).unwrap();
+            assert!(q.is_empty());
+        }
+        assert_eq!(publishes(&sock.got), vec![b"one".to_vec(), b"two".to_vec()]);
+    }
+
+    /// Every client has one: an idle one must cost no more than its chunks,
+    /// its offset and its count.
+    #[test]
+    fn an_idle_line_queue_is_small() {
+        assert_eq!(std::mem::size_of::<Outbound>(), std::mem::size_of::<VecDeque<Chunk>>() + 16);
+    }
+
     /// A link closed for breaking the protocol: the frame being written is
     /// finished, what follows is dropped and its publishes counted.
     #[test]
     fn discarding_frames_keeps_the_one_being_written() {
-        let mut q = Outbound::framed();
+        let mut q = Outbound::<Frames>::default();
         for m in [&b"aa"[..], b"bbbb", b"c"] {
             q.push_frame(Frame::Publish { confirm: m.len() % 2 == 0, topic: b"t", message: m });
         }

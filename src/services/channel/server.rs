@@ -18,7 +18,7 @@ use crate::protocol::frame::{self, Frame, FrameReader, FETCH_BYTES, FETCH_MESSAG
 use crate::protocol::topic;
 use crate::runtime::control::{ConnInfo, Retained, WorkerStats};
 use crate::runtime::event_loop::Service;
-use crate::runtime::outbound::Outbound;
+use crate::runtime::outbound::{Frames, Outbound};
 use crate::store::{self, Lsn, Store};
 
 const READS_PER_EVENT: usize = 16;
@@ -57,7 +57,7 @@ struct Peer {
     addr: SocketAddr,
     id: u64,
     reader: FrameReader,
-    out: Outbound,
+    out: Outbound<Frames>,
     authed: bool,
     topics: HashSet<Box<[u8]>>,
     closing: bool,
@@ -715,7 +715,7 @@ impl Service for ChannelServer {
             addr,
             id: self.next_id,
             reader: FrameReader::limited(MAX_HELLO_FRAME),
-            out: Outbound::framed(),
+            out: Outbound::default(),
             authed: false,
             topics: HashSet::new(),
             closing: false,

@@ -144,7 +144,7 @@ impl PubSub {
                 };
                 let sniffing = matches!(s.input, Input::Sniffing(_));
                 c.input = s.input;
-                c.out = Outbound::from_parts(s.out.0, s.out.1, false);
+                c.out = Outbound::from_parts(s.out.0, s.out.1);
                 c.replies = s.replies;
                 c.bytes_in = s.bytes_in;
                 c.bytes_out = s.bytes_out;
@@ -215,7 +215,7 @@ fn adopt_link(
 ) {
     let now = Instant::now();
     link.lost = lost;
-    link.out = Outbound::from_parts(out.0, out.1, true);
+    link.out = Outbound::from_parts(out.0, out.1);
     match stream {
         Some(mut s) => match reg.register(&mut s, TOKEN, Interest::READABLE | Interest::WRITABLE) {
             Ok(()) => {

@@ -23,7 +23,7 @@ use mio::{Interest, Registry};
 
 use crate::protocol::frame::{DecodeError, Frame, FrameReader, VERSION};
 use crate::runtime::event_loop::SERVICE;
-use crate::runtime::outbound::Outbound;
+use crate::runtime::outbound::{Frames, Outbound};
 
 pub const TOKEN: mio::Token = SERVICE;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -204,7 +204,7 @@ pub struct Link {
     secret: Vec<u8>,
     pub(super) stream: Option<TcpStream>,
     pub(super) schedule: Schedule,
-    pub(super) out: Outbound,
+    pub(super) out: Outbound<Frames>,
     pub reader: FrameReader,
     max_buffer: usize,
     /// Publishes lost in the kernel or half-written when a link broke.
@@ -247,7 +247,7 @@ impl Link {
             secret,
             stream: None,
             schedule: Schedule::new(now),
-            out: Outbound::framed(),
+            out: Outbound::default(),
             reader: FrameReader::default(),
             max_buffer,
             lost: 0,
