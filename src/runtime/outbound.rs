@@ -443,8 +443,11 @@ mod tests {
         let mut q = Outbound::<Frames>::default();
         let mut sock = socket(usize::MAX);
         for m in [&b"one"[..], b"two"] {
-            q.push_frame(Frame::Publish { confirm: false, topic: b"t", message: m });
-            assert_eq!((q.queued(), q.count_frames()), (10, 1));
+            let f = Frame::Publish { confirm: false, topic: b"t", message: m };
+            let mut one = Vec::new();
+            f.encode(&mut one);
+            q.push_frame(f);
+            assert_eq!((q.queued(), q.count_frames()), (one.len(), 1));
             q.write_to(&mut sock).unwrap();
             assert!(q.is_empty());
         }
