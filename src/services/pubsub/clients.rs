@@ -348,6 +348,9 @@ impl Clients {
                 due.push(key);
             }
         }
+        if self.sniffing.is_empty() && self.sniffing.capacity() > 1024 {
+            self.sniffing = VecDeque::new(); // after a burst of connections
+        }
         (due, self.sniffing.front().map(|s| s.2))
     }
 
