@@ -82,8 +82,19 @@ pub struct PubSubConfig {
     pub topic: String,
     pub max_line: usize,
     pub max_send_queue: usize,
+    /// What happens to a subscriber that falls behind the retention.
+    pub lagging: Lagging,
     pub max_link_buffer: usize,
     pub secret_file: Option<PathBuf>,
+}
+
+/// `--lagging`: what becomes of a subscriber over its send queue: a position
+/// in the retained messages, told with a `GAP` line if it falls behind the
+/// retention (`Gap`), or cut off as a slow consumer (`Disconnect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Lagging {
+    Gap,
+    Disconnect,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -267,10 +267,11 @@ fn channel_server_restarted_without_its_data_says_gap() {
     c.stop();
 }
 
-/// Reload hands the client's `seq` and `confirm` settings over with the
-/// connection: numbers and confirms go on as before.
+/// Reload hands the client's `seq` and `confirm` settings and positions over
+/// with the connection: numbers and confirms go on as before, and a client
+/// that resumed from a number not reached yet gets that number first.
 #[test]
-fn reload_keeps_seq_and_confirm() {
+fn reload_keeps_seq_confirm_and_positions() {
     let c = Cluster::start(1, 1);
     let mut s = c.subscriber.connect();
     switch_on(&mut s, "seq");
@@ -280,14 +281,63 @@ fn reload_keeps_seq_and_confirm() {
     p.send("pub t before");
     assert_eq!(published(&p.line(), "t"), 1);
     assert_eq!(numbered(&s.line()).1, 1);
+    let mut ahead = c.subscriber.connect();
+    switch_on(&mut ahead, "seq");
+    ahead.send("resume t 4");
+    ahead.expect("OK subscribed t from 4");
     for server in [&c.subscriber, &c.source] {
         let out = server.cmd("reload", &[]);
         assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
     }
     c.source.wait_linked();
     c.subscriber.wait_linked();
-    p.send("pub t after");
-    assert_eq!(published(&p.line(), "t"), 2);
-    assert_eq!(numbered(&s.line()), ("t".into(), 2, "after".into()));
+    for k in 2..=4 {
+        p.send(&format!("pub t after{k}"));
+    }
+    for k in 2..=4 {
+        assert_eq!(published(&p.line(), "t"), k);
+        assert_eq!(numbered(&s.line()), ("t".into(), k, format!("after{k}")));
+    }
+    assert_eq!(numbered(&ahead.line()), ("t".into(), 4, "after4".into()));
+    c.stop();
+}
+
+/// A subscriber that falls behind (it stops reading) becomes a position; when
+/// the retention has moved past it, it gets a GAP line naming the numbers
+/// gone and goes on from the oldest retained, in order: every number is
+/// either delivered or named in a GAP line, once.
+#[test]
+fn a_subscriber_behind_the_retention_gets_gap_lines() {
+    let c = Cluster::start_with(1, 1, &["--retain-messages", "50"], &[], &["--max-send-queue", "65536"]);
+    let mut stalled = c.subscriber.connect();
+    switch_on(&mut stalled, "seq");
+    stalled.subscribe(&["t"]);
+    let mut p = c.source.connect();
+    switch_on(&mut p, "confirm");
+    let pad = "x".repeat(4000);
+    const N: u64 = 3000; // 12 MB: more than the socket buffers and the queue hold
+    for _ in 0..N {
+        p.send(&format!("pub t {pad}"));
+    }
+    for k in 1..=N {
+        assert_eq!(published(&p.line(), "t"), k);
+    }
+    let (mut next, mut gaps, mut gone) = (1, 0, 0);
+    while next <= N {
+        let line = stalled.line();
+        if let Some(range) = line.strip_prefix("GAP [t] ") {
+            let (first, last) = range.split_once('-').unwrap();
+            let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
+            assert!(first == next && last >= first && last <= N - 50, "{line}: the numbers gone, from where it was");
+            (gaps, gone, next) = (gaps + 1, gone + last - first + 1, last + 1);
+            continue;
+        }
+        assert_eq!(numbered(&line).1, next, "in order");
+        next += 1;
+    }
+    assert!(gaps > 0, "it fell behind the retention");
+    eprintln!("numbered: a stalled subscriber missed {gone} of {N} in {gaps} GAP line(s)");
+    let s = c.subscriber.status();
+    assert_eq!((s["workers"][0]["gaps"].as_u64(), s["workers"][0]["slow_consumers"].as_u64()), (Some(gaps), Some(0)));
     c.stop();
 }

@@ -314,9 +314,9 @@ impl Flood {
     }
 }
 
-/// A subscriber that never reads is cut off at --max-send-queue while another
-/// subscriber on the same worker gets all of 200 MiB, in order, and memory
-/// stays bounded. Once cut off, the stalled subscriber reads what it was
+/// With `--lagging disconnect`, a subscriber that never reads is cut off at
+/// --max-send-queue while another subscriber on the same worker gets all of
+/// 200 MiB, in order, and memory stays bounded. Once cut off, the stalled subscriber reads what it was
 /// still owed: it must do so within the worker's close grace (5 s) while the
 /// flood goes on, not after it (a busy machine can take longer than that over
 /// 200 MiB, and the worker then closes it with its last output unsent).
@@ -329,7 +329,8 @@ fn slow_consumer_is_cut_off_and_others_get_everything() {
     // The channel server retains up to --retain-bytes of the topic (64 MiB by
     // default); 8 MiB here keeps the memory bound about the queues.
     let channel = ["--retain-bytes", "8388608"];
-    let c = Cluster::start_with(1, 1, &channel, &["--max-line", "1048576"], &["--max-send-queue", "1048576"]);
+    let sub = ["--max-send-queue", "1048576", "--lagging", "disconnect"];
+    let c = Cluster::start_with(1, 1, &channel, &["--max-line", "1048576"], &sub);
     let mut stalled = c.subscriber.connect();
     stalled.subscribe(&["topic1"]);
     let mut reader = c.subscriber.connect();
@@ -374,6 +375,57 @@ fn slow_consumer_is_cut_off_and_others_get_everything() {
          dropped {dropped}; memory of all processes {baseline} kB at rest, peak {peak} kB"
     );
     assert!(peak < 100 * 1024, "memory peak {peak} kB");
+    c.stop();
+}
+
+/// With `--lagging gap` (the default), a subscriber that stops reading while
+/// 48 MiB are published is not cut off: it falls behind, costing its worker
+/// no more than its send queue, while another subscriber on the same worker
+/// gets every message, never held back. When it reads again it gets every
+/// message, in order, from the channel server's retained ones, then live ones.
+#[test]
+fn a_stalled_subscriber_falls_behind_and_then_gets_everything() {
+    const MSG: usize = 64 * 1024;
+    const N: u64 = (48 << 20) / MSG as u64; // 768 messages, under the 64 MiB retained
+    const WINDOW: u64 = 12;
+    let c = Cluster::start_with(1, 1, &[], &["--max-line", "1048576"], &["--max-send-queue", "1048576"]);
+    let mut stalled = c.subscriber.connect();
+    stalled.subscribe(&["topic1"]);
+    let reader = {
+        let mut r = c.subscriber.connect();
+        r.subscribe(&["topic1"]);
+        r
+    };
+    assert_eq!(c.subscriber.worker_of(&stalled), c.subscriber.worker_of(&reader));
+    let worker = c.subscriber.worker_of(&stalled);
+    let at_rest = rss_kb(worker);
+    let monitor = MemoryMonitor::start(vec![worker]);
+    let flood = Flood::start(c.source.connect(), reader, N, MSG, WINDOW);
+    let (received, mut reader) = flood.reader.join().expect("the reading subscriber got every message in order");
+    assert_eq!(received, N, "the reading subscriber was held back or cut off");
+    assert_eq!(flood.publisher.join().unwrap(), N);
+    let peak = monitor.peak_kb();
+    let s = c.subscriber.status();
+    assert_eq!(s["workers"][0]["slow_consumers"], 0, "nobody cut off: {s}");
+    assert!(s["workers"][0]["lagging"].as_u64().unwrap() >= 1, "the stalled subscriber fell behind: {s}");
+
+    // Reading at last: every message in order, no GAP, then a live one.
+    for i in 0..N {
+        let line = stalled.try_line_bytes().unwrap_or_else(|| panic!("message {i} never came"));
+        let head = format!("Received [topic1]: {i:08} ");
+        assert!(line.starts_with(head.as_bytes()), "{:?}", String::from_utf8_lossy(&line[..line.len().min(60)]));
+        assert_eq!(line.len(), head.len() + MSG - 18, "message {i} whole");
+    }
+    c.source.connect().send("publish live");
+    stalled.expect("Received [topic1]: live");
+    reader.expect("Received [topic1]: live");
+    assert_eq!(c.subscriber.status()["workers"][0]["gaps"], 0);
+    eprintln!(
+        "robustness: lagging: {N} x 64 KiB; the stalled subscriber got all of them afterwards; \
+         its worker {at_rest} kB at rest, peak {peak} kB"
+    );
+    // One-sided: the worker holds the queues (1 MiB each) and a batch, not the 48 MiB.
+    assert!(peak < at_rest + 24 * 1024, "worker memory peak {peak} kB (at rest {at_rest} kB)");
     c.stop();
 }
 
@@ -1107,7 +1159,7 @@ fn replies_to_a_client_that_never_reads_are_bounded() {
 #[test]
 fn cut_off_slow_consumer_that_never_reads_is_disconnected() {
     use nix::sys::socket::{setsockopt, sockopt};
-    let c = Cluster::start_with(1, 1, &[], &[], &["--max-send-queue", "65536"]);
+    let c = Cluster::start_with(1, 1, &[], &[], &["--max-send-queue", "65536", "--lagging", "disconnect"]);
     let mut stalled = c.subscriber.connect();
     // A small window: the kernel buffers fill up (and stay full) early.
     setsockopt(&stalled.stream, sockopt::RcvBuf, &4096).unwrap();

@@ -207,7 +207,7 @@ fn close_code(s: &mut TcpStream) -> u16 {
 
 #[test]
 fn a_websocket_slow_consumer_is_told_and_closed_with_1008() {
-    let c = Cluster::start_with(1, 1, &[], &[], &["--max-send-queue", "65536"]);
+    let c = Cluster::start_with(1, 1, &[], &[], &["--max-send-queue", "65536", "--lagging", "disconnect"]);
     let mut slow = raw_ws(&c.subscriber.addr);
     slow.write_all(&frame(0x1, b"subscribe")).unwrap();
     // Its OK comes before any delivery: subscribed on the server's side too.

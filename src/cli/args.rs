@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ChannelConfig, Config, FsyncPolicy, PubSubConfig, Role, RoleKind, Spec};
+use crate::config::{ChannelConfig, Config, FsyncPolicy, Lagging, PubSubConfig, Role, RoleKind, Spec};
 use crate::protocol::{frame::MAX_MESSAGE, topic};
 
 #[derive(Debug, Parser)]
@@ -118,6 +118,12 @@ pub struct PubSubArgs {
     /// Bytes queued for one client before it is disconnected as a slow consumer
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
     pub max_send_queue: usize,
+    /// A subscriber over its send queue: `gap` keeps it, as a position in the
+    /// channel server's retained messages that catches up as it reads (one that
+    /// falls behind the retention gets one `GAP` line and goes on from the
+    /// oldest retained); `disconnect` cuts it off as a slow consumer
+    #[arg(long, value_enum, default_value = "gap")]
+    pub lagging: Lagging,
     /// Bytes of publishes a worker buffers for the channel server (also while it is
     /// unreachable) before it stops reading from publishers
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
@@ -209,6 +215,7 @@ impl RoleArgs for PubSubArgs {
             topic: self.topic.clone(),
             max_line: self.max_line,
             max_send_queue: self.max_send_queue.max(64 * 1024),
+            lagging: self.lagging,
             max_link_buffer: self.max_link_buffer.max(MAX_MESSAGE * 2),
             secret_file: absolute(self.secret_file.as_ref()),
         }))

@@ -314,7 +314,7 @@ fn print_status(s: &Status) {
         s.workers.len()
     );
     println!(
-        "{:>3} {:>8} {:>9} {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>5} {:>10} {:<9} version",
+        "{:>3} {:>8} {:>9} {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>7} {:>5} {:>10} {:<9} version",
         "id",
         "pid",
         "memory",
@@ -326,6 +326,7 @@ fn print_status(s: &Status) {
         "queued",
         "dropped",
         "slow",
+        "lagging",
         "gaps",
         "link",
         "state"
@@ -335,7 +336,7 @@ fn print_status(s: &Status) {
     for w in &s.workers {
         let t = &w.stats;
         println!(
-            "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>5} {:>10} {:<9} {}",
+            "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>7} {:>5} {:>10} {:<9} {}",
             w.id,
             w.pid,
             w.memory_kb,
@@ -347,6 +348,7 @@ fn print_status(s: &Status) {
             t.bytes_queued,
             t.dropped,
             t.slow_consumers,
+            t.lagging,
             t.gaps,
             t.link,
             t.state,
@@ -360,10 +362,11 @@ fn print_status(s: &Status) {
         total.bytes_queued += t.bytes_queued;
         total.dropped += t.dropped;
         total.slow_consumers += t.slow_consumers;
+        total.lagging += t.lagging;
         total.gaps += t.gaps;
     }
     println!(
-        "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>5}",
+        "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>7} {:>5}",
         "all",
         "",
         memory,
@@ -375,6 +378,7 @@ fn print_status(s: &Status) {
         total.bytes_queued,
         total.dropped,
         total.slow_consumers,
+        total.lagging,
         total.gaps
     );
     for w in s.workers.iter().filter_map(|w| w.stats.retained) {

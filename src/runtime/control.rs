@@ -69,6 +69,10 @@ pub struct WorkerStats {
     /// GAP lines sent: numbers a reader asked for were no longer retained.
     #[serde(default)]
     pub gaps: u64,
+    /// Times a subscriber fell behind its send queue and became a position
+    /// in the retained messages (rather than being cut off).
+    #[serde(default)]
+    pub lagging: u64,
     /// Channel link state ("up", "down", or "-" for the channel server).
     pub link: String,
     pub state: String,

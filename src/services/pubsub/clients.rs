@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use slab::Slab;
 
 use super::topics::TopicId;
+use crate::config::Lagging;
 use crate::protocol::input::Input;
 use crate::protocol::reply;
 use crate::protocol::websocket::{self, code};
@@ -209,6 +210,8 @@ pub struct Counters {
     pub slow_consumers: u64,
     /// GAP lines sent: numbers a reader asked for were no longer retained.
     pub gaps: u64,
+    /// Times a subscriber fell behind its send queue and became a position.
+    pub lagging: u64,
 }
 
 /// The clients and the work deferred to the end of the event batch.
@@ -227,11 +230,12 @@ pub struct Clients {
     /// order of their deadlines: (key, id, when silence makes it a line client).
     sniffing: VecDeque<(usize, u64, Instant)>,
     pub max_send_queue: usize,
+    pub lagging: Lagging,
     pub counters: Counters,
 }
 
 impl Clients {
-    pub fn new(max_send_queue: usize) -> Clients {
+    pub fn new(max_send_queue: usize, lagging: Lagging) -> Clients {
         Clients {
             slab: Slab::new(),
             dirty: Vec::new(),
@@ -240,6 +244,7 @@ impl Clients {
             closing: Vec::new(),
             sniffing: VecDeque::new(),
             max_send_queue,
+            lagging,
             counters: Counters::default(),
         }
     }
@@ -357,25 +362,43 @@ impl Clients {
     /// Queues a shared batch of `msgs` lines for one subscriber; a slow one
     /// is cut off (`check_queue`) and the others are not held back.
     pub fn deliver(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) {
+        if self.push_delivery(key, bytes, msgs) {
+            self.check_queue(key);
+        }
+    }
+
+    /// Queues retained messages fetched for a reader that is a position. It
+    /// asked for them only with half its send queue free, so they are never
+    /// a reason to cut it off (one answer may hold up to 256 KiB, or one
+    /// larger message).
+    pub fn deliver_fetched(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) {
+        if self.push_delivery(key, bytes, msgs) {
+            let c = &mut self.slab[key];
+            mark_dirty(&mut self.dirty, c, key);
+        }
+    }
+
+    /// Queues a delivery unless the client is closing (then it is dropped).
+    fn push_delivery(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) -> bool {
         let c = &mut self.slab[key];
         if c.closing {
             self.counters.dropped += u64::from(msgs);
-            return;
+            return false;
         }
         c.out.push_shared(bytes, msgs);
         self.counters.msgs_out += u64::from(msgs);
-        self.check_queue(key);
+        true
     }
 
-    /// Tells a reader that numbers it is owed are gone (one `GAP` line, in
-    /// line with its deliveries).
-    pub fn gap(&mut self, key: usize, line: &[u8]) {
+    /// Tells a reader that numbers it is owed are gone (`first..=last`): one
+    /// `GAP` line, in line with its deliveries.
+    pub fn gap(&mut self, key: usize, topic: &[u8], (first, last): (u64, u64)) {
         let c = &mut self.slab[key];
         if c.closing {
             return;
         }
         self.counters.gaps += 1;
-        c.wire.push(&mut c.out, &[line]);
+        c.wire.push(&mut c.out, &[&reply::gap(topic, first, last)]);
         self.check_queue(key);
     }
 

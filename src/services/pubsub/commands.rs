@@ -177,6 +177,7 @@ mod tests {
             topic: "topic1".into(),
             max_line: 1024,
             max_send_queue: 1 << 20,
+            lagging: crate::config::Lagging::Gap,
             max_link_buffer: 4 << 20,
             secret_file: None,
         };

@@ -17,13 +17,23 @@ use log::{debug, error};
 
 use super::clients::{Clients, Wire};
 use super::link::{Asker, Link, LinkError};
-use super::topics::{TopicId, Topics};
+use super::topics::{Cursor, TopicId, Topics};
+use crate::config::Lagging;
 use crate::protocol::frame::{self, Frame, FETCH_MESSAGES};
 use crate::protocol::reply;
 use crate::protocol::websocket;
 
 /// Topics with a batch of lines waiting to be delivered, and topics with
 /// readers that are positions.
+///
+/// A live subscriber whose send queue would go over `--max-send-queue` with
+/// the next batch is not cut off: it stops taking live batches and becomes a
+/// position at that batch's first number, costing nothing more than the queue
+/// it has; as its queue drains it is fed from the retained messages, and it
+/// is live again once it reaches the link's next number. Only one that falls
+/// behind the retention loses messages, told in a `GAP` line. The others are
+/// never held back by it. (`--lagging disconnect` keeps the older rule: a
+/// subscriber over its send queue is cut off, `Clients::check_queue`.)
 #[derive(Default)]
 pub struct Batches {
     touched: Vec<TopicId>,
@@ -60,6 +70,13 @@ impl Batches {
                         self.deliver(topics, clients);
                         topics.all_behind(id, pos);
                         self.behind(id);
+                    }
+                    let t = topics.get_mut(id);
+                    if t.cursors.iter().any(|c| c.fetching.is_none() && c.pos == seq) {
+                        // Positions waiting for this very number (a resume from
+                        // ahead) go live here, after the lines before it.
+                        self.deliver(topics, clients);
+                        topics.join(id, seq);
                     }
                     let t = topics.get_mut(id);
                     t.next = seq + 1;
@@ -144,6 +161,7 @@ impl Batches {
             let t = topics.get_mut(id);
             let msgs = std::mem::take(&mut t.batch_msgs);
             let mut forms = Forms::default();
+            let mut behind = Vec::new();
             for &key in &t.subscribers {
                 let c = &clients.slab[key];
                 let chunk = forms.get(c.wire, c.seq, &t.batch, || {
@@ -153,7 +171,24 @@ impl Batches {
                     }
                     out
                 });
+                let over = c.out.queued() + chunk.len() > clients.max_send_queue;
+                if over && clients.lagging == Lagging::Gap && !c.closing {
+                    behind.push(key); // it is not taking them fast enough: see `fall_behind`
+                    continue;
+                }
                 clients.deliver(key, chunk, msgs);
+            }
+            if !behind.is_empty() {
+                let pos = t.batch_index[0].0;
+                for key in &behind {
+                    t.subscribers.swap_remove(key);
+                    debug!("{} fell behind on {} at #{pos}", clients.slab[*key].peer, t.name.escape_ascii());
+                }
+                clients.counters.lagging += behind.len() as u64;
+                t.cursors.push(Cursor { pos, clients: behind, fetching: None });
+                if !self.behind.contains(&id) {
+                    self.behind.push(id);
+                }
             }
             t.batch.clear();
             t.batch_index.clear();
@@ -179,14 +214,13 @@ impl Batches {
         self.behind.retain(|&id| {
             let Some(t) = topics.get_opt_mut(id) else { return false };
             let (next, name) = (t.next, t.name.clone());
-            let mut joined = Vec::new();
+            if next != 0 {
+                topics.join(id, next);
+            }
+            let t = topics.get_mut(id);
             t.cursors.retain_mut(|c| {
-                if c.fetching.is_some() || next == 0 || c.pos > next {
+                if c.fetching.is_some() || next == 0 || c.pos >= next {
                     return true; // waiting for an answer, or for the numbers to reach it
-                }
-                if c.pos == next {
-                    joined.append(&mut c.clients);
-                    return false;
                 }
                 let room = c.clients.iter().all(|&k| clients.slab[k].out.queued() <= clients.max_send_queue / 2);
                 if room {
@@ -200,7 +234,6 @@ impl Batches {
                 }
                 true
             });
-            t.subscribers.extend(joined);
             !t.cursors.is_empty()
         });
     }
@@ -225,9 +258,8 @@ impl Batches {
         let Some(c) = t.cursors.iter_mut().find(|c| c.fetching == Some(req)) else { return };
         c.fetching = None;
         if let Some((g0, g1)) = gap {
-            let line = reply::gap(topic, g0, g1);
             for &key in &c.clients {
-                clients.gap(key, &line);
+                clients.gap(key, topic, (g0, g1));
             }
         }
         let count = frame::fetched(messages).count() as u32;
@@ -244,7 +276,7 @@ impl Batches {
                     }
                     out
                 });
-                clients.deliver(key, chunk, count);
+                clients.deliver_fetched(key, chunk, count);
             }
         }
         c.pos = c.pos.max(next);

@@ -70,7 +70,7 @@ impl PubSub {
             welcome: reply::welcome(title),
             default_topic: cfg.topic.into_bytes(),
             max_line: cfg.max_line,
-            clients: Clients::new(cfg.max_send_queue),
+            clients: Clients::new(cfg.max_send_queue, cfg.lagging),
             topics: Topics::default(),
             link: Link::new(cfg.channel, secret, cfg.max_link_buffer, Instant::now()),
             batches: Batches::default(),
@@ -349,6 +349,7 @@ impl Service for PubSub {
             slow_consumers: c.slow_consumers,
             websockets: self.clients.slab.iter().filter(|(_, c)| c.wire == Wire::WebSocket).count() as u64,
             gaps: c.gaps,
+            lagging: c.lagging,
             link: self.link.state_name().into(),
             ..Default::default()
         }

@@ -138,6 +138,17 @@ impl Topics {
         }
     }
 
+    /// The positions at `pos` with no fetch in flight go live.
+    pub fn join(&mut self, id: TopicId, pos: u64) {
+        let t = &mut self.topics[id];
+        let (joined, waiting) =
+            std::mem::take(&mut t.cursors).into_iter().partition(|c| c.fetching.is_none() && c.pos == pos);
+        t.cursors = waiting;
+        for c in joined {
+            t.subscribers.extend(c.clients);
+        }
+    }
+
     /// Every live subscriber falls behind to the position `pos`, together.
     pub fn all_behind(&mut self, id: TopicId, pos: u64) {
         let t = &mut self.topics[id];
