@@ -7,6 +7,8 @@ mod channel;
 mod errors;
 mod fanout;
 mod lifecycle;
+mod nats;
+mod nats_cluster;
 mod numbered;
 mod ops;
 mod reload;

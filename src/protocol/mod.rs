@@ -8,6 +8,7 @@ pub mod frame;
 pub mod http;
 pub mod input;
 pub mod line;
+pub mod nats;
 pub mod reply;
 pub mod telnet;
 pub mod topic;
