@@ -267,3 +267,30 @@ fn channel_secret_is_enforced() {
     good.stop(&[]);
     ch.stop(&[]);
 }
+
+#[test]
+fn signals_for_the_master_sent_to_the_whole_group_leave_workers_alone() {
+    // Operators signal process groups (`pkill -USR2 data-source`, logrotate
+    // scripts, `kill -HUP -<pgid>`): the workers must survive what is meant
+    // for their master. Each signal is sent only once the previous one's
+    // work is seen done, so this waits on events, never on time.
+    let c = Cluster::start(1, 1);
+    let before = c.source.worker_pids();
+    let group = Pid::from_raw(-c.source.master);
+    kill(group, Signal::SIGUSR2).unwrap(); // reopen the log
+    c.source.wait_log("reopen");
+    assert_eq!(c.source.worker_pids(), before, "USR2 to the group killed workers:\n{}", c.source.log());
+    kill(group, Signal::SIGUSR1).unwrap(); // reload: new workers, by the master's doing
+    c.source.wait_status("a reload by USR1", |s| {
+        let w = s["workers"].as_array().unwrap();
+        w.iter().all(|w| !before.contains(&(w["pid"].as_i64().unwrap() as i32)) && w["state"] == "running")
+    });
+    let mut p = c.source.connect();
+    let mut s = c.subscriber.connect();
+    s.subscribe(&["topic1"]);
+    p.send("publish after group signals");
+    s.expect("Received [topic1]: after group signals");
+    let status = c.source.status();
+    assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "a worker died: {status}");
+    c.stop();
+}

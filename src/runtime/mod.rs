@@ -48,6 +48,7 @@ pub fn run_from_env(serve: impl FnOnce(Worker) -> ExitCode) -> Option<ExitCode> 
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     );
+    ignore_master_signals();
     // SAFETY: the master passed these descriptors to this process across exec,
     // named them in ENV, and nothing else in this process owns them.
     let fds = unsafe {
@@ -79,5 +80,20 @@ impl Worker {
     /// Runs `svc` in the event loop until the worker exits.
     pub fn run<S: event_loop::Service>(self, svc: S) -> ExitCode {
         event_loop::run(self.fds, self.config.max_connections, svc)
+    }
+}
+
+/// The signals that ask the master for something (reload, graceful stop, log
+/// reopen) reach the workers too when an operator signals the whole process
+/// group (`pkill -USR2 data-source`, `kill -HUP -<pgid>`): their default action
+/// would kill or core-dump every worker. The master tells its workers what to
+/// do over their control link, so a worker ignores them. TERM and INT keep
+/// their default: they stop a worker at once, as operators expect.
+fn ignore_master_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+        // SAFETY: SIG_IGN installs no handler code, so nothing can run in
+        // signal context; this runs before the event loop, on the only thread.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
 }
