@@ -2,6 +2,7 @@
 //! it forwards each publish, byte for byte, to every worker subscribed to its
 //! topic. It runs as the single worker of its own master.
 
+pub mod queues;
 mod server;
 
 pub use server::ChannelServer;
