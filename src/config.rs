@@ -112,6 +112,7 @@ pub struct ChannelConfig {
     pub retain_bytes: u64,
     pub retain_age_s: Option<u64>,
     pub retain_total: u64,
+    pub queues: QueueLimits,
 }
 
 /// When the channel server's data directory is synced (`--fsync`).
@@ -120,6 +121,18 @@ pub enum FsyncPolicy {
     Always,
     Interval,
     Never,
+}
+
+/// The work queues' bounds and timers (`services::channel::queues`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct QueueLimits {
+    /// Jobs in one queue, ready and unacknowledged.
+    pub max_jobs: u64,
+    /// Payload bytes in all queues.
+    pub max_bytes: u64,
+    pub ack_timeout_ms: u64,
+    /// Deliveries of a job before it is dead-lettered.
+    pub max_tries: u32,
 }
 
 /// Most topics one client connection may subscribe to.

@@ -11,6 +11,7 @@ mod nats;
 mod nats_cluster;
 mod numbered;
 mod ops;
+mod queues;
 mod reload;
 mod robustness;
 mod session;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ChannelConfig, Config, FsyncPolicy, Lagging, PubSubConfig, Role, RoleKind, Spec};
+use crate::config::{ChannelConfig, Config, FsyncPolicy, Lagging, PubSubConfig, QueueLimits, Role, RoleKind, Spec};
 use crate::protocol::{frame::MAX_MESSAGE, topic};
 
 #[derive(Debug, Parser)]
@@ -178,6 +178,19 @@ pub struct ChannelArgs {
     /// the oldest messages go first, whatever their topic's own bounds
     #[arg(long, value_name = "BYTES", default_value_t = 512 << 20)]
     pub retain_total: u64,
+    /// Seconds a consumer may hold a job without acking it; then the job is
+    /// taken back and delivered again with the next try number (fractions allowed)
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub ack_timeout: f64,
+    /// Deliveries of a job before it moves to <queue>.dead
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_tries: u32,
+    /// Jobs one queue may hold (ready and unacked); past it `enqueue` gets `ERR queue full`
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_queue_jobs: u64,
+    /// Bytes of job payloads all queues together may hold; past it `enqueue` gets `ERR queue full`
+    #[arg(long, value_name = "BYTES", default_value_t = 128 << 20)]
+    pub max_queue_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -232,6 +245,12 @@ impl RoleArgs for ChannelArgs {
         if self.retain_messages == 0 {
             return Err("--retain-messages must be at least 1".into());
         }
+        if !(self.ack_timeout > 0.0 && self.ack_timeout <= 86_400.0) {
+            return Err("--ack-timeout must be more than 0 and at most 86400 seconds".into());
+        }
+        if self.max_tries == 0 {
+            return Err("--max-tries must be at least 1".into());
+        }
         Ok(Role::Channel(ChannelConfig {
             max_link_buffer: self.max_link_buffer.max(MAX_MESSAGE * 2),
             secret_file: absolute(self.secret_file.as_ref()),
@@ -248,6 +267,12 @@ impl RoleArgs for ChannelArgs {
             retain_bytes: self.retain_bytes,
             retain_age_s: self.retain_age.filter(|s| *s > 0),
             retain_total: self.retain_total,
+            queues: QueueLimits {
+                max_jobs: self.max_queue_jobs,
+                max_bytes: self.max_queue_bytes,
+                ack_timeout_ms: (self.ack_timeout * 1000.0).ceil() as u64,
+                max_tries: self.max_tries,
+            },
         }))
     }
 }

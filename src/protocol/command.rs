@@ -1,6 +1,11 @@
 //! The commands a person types, parsed from one line without copying.
 
-use super::topic;
+use super::frame::Verdict;
+use super::{queue, topic};
+
+/// How many unacknowledged jobs a `consume` without a prefetch may hold.
+pub const DEFAULT_PREFETCH: u32 = 10;
+pub const MAX_PREFETCH: u32 = 10_000;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -31,6 +36,26 @@ pub enum Command<'a> {
     Seq(bool),
     /// `confirm on|off`.
     Confirm(bool),
+    /// `enqueue <queue> <message>`.
+    Enqueue {
+        queue: &'a [u8],
+        message: &'a [u8],
+    },
+    /// `consume <queue> [<prefetch>]`.
+    Consume {
+        queue: &'a [u8],
+        prefetch: u32,
+    },
+    /// `unconsume [queue …]` (validated; none: every queue consumed).
+    Unconsume(Topics<'a>),
+    /// `ack|nack|reject <queue>#<id> …`: each job is checked on its own,
+    /// so that each bad one gets its own `ERR`.
+    Settle {
+        verdict: Verdict,
+        jobs: Jobs<'a>,
+    },
+    /// `queues`.
+    Queues,
     Ping,
     Help,
     Quit,
@@ -38,6 +63,16 @@ pub enum Command<'a> {
 
 /// The most messages one `history` shows.
 pub const MAX_HISTORY: u32 = 1000;
+
+/// The `<queue>#<id>` arguments of an ack/nack/reject line.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Jobs<'a>(&'a [u8]);
+
+impl<'a> Jobs<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = Result<(&'a [u8], u64), String>> {
+        split_words(self.0).map(queue::job_ref)
+    }
+}
 
 /// The topic arguments of a subscribe/unsubscribe line (whitespace-separated,
 /// each one valid). Empty means "the default" / "all".
@@ -50,7 +85,7 @@ impl<'a> Topics<'a> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + Clone {
-        self.0.split(|b| is_space(*b)).filter(|t| !t.is_empty())
+        split_words(self.0)
     }
 }
 
@@ -72,16 +107,38 @@ pub fn parse(line: &[u8]) -> Result<Option<Command<'_>>, String> {
         }
         Command::Publish(args)
     } else if is("pub") {
-        let args = trim_start(args);
-        let end = args.iter().position(|b| is_space(*b));
-        match end {
-            Some(end) if end + 1 < args.len() => {
-                let topic = &args[..end];
-                topic::check(topic).map_err(|e| e.to_string())?;
-                Command::Pub { topic, message: &args[end + 1..] }
-            }
-            _ => return Err("usage: pub <topic> <message>".into()),
+        let (topic, message) = name_and_message(args).ok_or("usage: pub <topic> <message>")?;
+        topic::check(topic).map_err(|e| e.to_string())?;
+        Command::Pub { topic, message }
+    } else if is("enqueue") {
+        let (queue, message) = name_and_message(args).ok_or("usage: enqueue <queue> <message>")?;
+        queue::check(queue)?;
+        Command::Enqueue { queue, message }
+    } else if is("consume") {
+        let (queue, prefetch) = match words(args)[..] {
+            [queue] => (queue, Some(u64::from(DEFAULT_PREFETCH))),
+            [queue, p] => (queue, number(p).filter(|n| (1..=u64::from(MAX_PREFETCH)).contains(n))),
+            _ => return Err("usage: consume <queue> [<prefetch>]".into()),
+        };
+        queue::check(queue)?;
+        let prefetch = prefetch.ok_or(format!("the prefetch is a number from 1 to {MAX_PREFETCH}"))? as u32;
+        Command::Consume { queue, prefetch }
+    } else if is("unconsume") {
+        let q = Topics(args);
+        q.iter().try_for_each(queue::check)?;
+        Command::Unconsume(q)
+    } else if is("ack") || is("nack") || is("reject") {
+        let verdict = match () {
+            _ if is("ack") => Verdict::Ack,
+            _ if is("nack") => Verdict::Nack,
+            _ => Verdict::Reject,
+        };
+        if words(args).is_empty() {
+            return Err(format!("usage: {} <queue>#<id> ...", String::from_utf8_lossy(word).to_lowercase()));
         }
+        Command::Settle { verdict, jobs: Jobs(args) }
+    } else if is("queues") && args.iter().all(|b| is_space(*b)) {
+        Command::Queues
     } else if is("subscribe") || is("sub") {
         Command::Subscribe(topics(args)?)
     } else if is("unsubscribe") || is("unsub") {
@@ -147,12 +204,23 @@ fn topics(args: &[u8]) -> Result<Topics<'_>, String> {
 }
 
 fn words(args: &[u8]) -> Vec<&[u8]> {
-    args.split(|b| is_space(*b)).filter(|w| !w.is_empty()).collect()
+    split_words(args).collect()
+}
+
+fn split_words(args: &[u8]) -> impl Iterator<Item = &[u8]> + Clone {
+    args.split(|b| is_space(*b)).filter(|w| !w.is_empty())
 }
 
 /// A decimal number without sign, up to u64.
 fn number(w: &[u8]) -> Option<u64> {
     std::str::from_utf8(w).ok().filter(|s| s.bytes().all(|b| b.is_ascii_digit())).and_then(|s| s.parse().ok())
+}
+
+/// `<name> <message>`: the name, and the message as typed after one separator.
+fn name_and_message(args: &[u8]) -> Option<(&[u8], &[u8])> {
+    let args = trim_start(args);
+    let end = args.iter().position(|b| is_space(*b))?;
+    (end + 1 < args.len()).then(|| (&args[..end], &args[end + 1..]))
 }
 
 fn is_space(b: u8) -> bool {
@@ -207,6 +275,26 @@ mod tests {
         assert!(parse(&[b"sub ".as_slice(), &[b'x'; 200]].concat()).unwrap_err().contains("too long"));
         assert!(parse(b"sub a\x01b").unwrap_err().contains("0x01"));
         assert_eq!(parse(b"   ").unwrap(), None);
+    }
+
+    #[test]
+    fn queue_commands() {
+        let enq = Command::Enqueue { queue: b"data_sync", message: b"Hello World!" };
+        assert_eq!(parse(b"enqueue data_sync Hello World!").unwrap(), Some(enq));
+        assert_eq!(parse(b"consume q").unwrap(), Some(Command::Consume { queue: b"q", prefetch: DEFAULT_PREFETCH }));
+        assert_eq!(parse(b"CONSUME q 3").unwrap(), Some(Command::Consume { queue: b"q", prefetch: 3 }));
+        for bad in
+            [&b"consume q 0"[..], b"consume q x", b"consume q 10001", b"consume q 1 2", b"consume", b"consume a#b"]
+        {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(parse(b"enqueue q").is_err() && parse(b"ack").is_err() && parse(b"queues x").is_err());
+        let Some(Command::Settle { verdict: Verdict::Nack, jobs }) = parse(b"nack q#1  bad").unwrap() else { panic!() };
+        let got: Vec<_> = jobs.iter().map(|j| j.is_ok()).collect();
+        assert_eq!(got, [true, false], "each job on its own");
+        assert_eq!(parse(b"queues").unwrap(), Some(Command::Queues));
+        let Some(Command::Unconsume(q)) = parse(b"unconsume").unwrap() else { panic!() };
+        assert!(q.is_empty());
     }
 
     proptest! {

@@ -16,7 +16,8 @@ pub const VERSION: u8 = 3;
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Largest `kind + body` a peer may send; anything larger ends the link. A
 /// FETCHED frame carries at least one message of up to MAX_MESSAGE bytes.
-pub const MAX_FRAME: usize = MAX_MESSAGE + 256;
+/// A JOB frame has a header of 21 bytes and a queue name of up to 255.
+pub const MAX_FRAME: usize = MAX_MESSAGE + 512;
 /// Most messages one FETCHED frame carries (a history asks for at most this).
 pub const FETCH_MESSAGES: usize = 1000;
 /// A FETCHED frame stops adding messages past this many payload bytes.
@@ -42,6 +43,22 @@ const INFOED: u8 = 16;
 
 /// The PUBLISH flag asking for a PUBACK.
 const CONFIRM: u8 = 1;
+// Work queues (issue 11), apart from the topic frames.
+const ENQUEUE: u8 = 40;
+const CONSUME: u8 = 41;
+const UNCONSUME: u8 = 42;
+const SETTLE: u8 = 43;
+const LIST_QUEUES: u8 = 44;
+const JOB: u8 = 45;
+const QUEUE_REPLY: u8 = 46;
+
+/// What a consumer says about a job it was given.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Verdict {
+    Ack = 0,
+    Nack = 1,
+    Reject = 2,
+}
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Frame<'a> {
@@ -130,6 +147,59 @@ pub enum Frame<'a> {
         messages: u64,
         bytes: u64,
     },
+    /// worker → server: client `client` enqueues a job. Like every queue
+    /// request, answered by a QUEUE_REPLY with the same `req` (0: none wanted).
+    Enqueue {
+        req: u32,
+        client: u64,
+        queue: &'a [u8],
+        message: &'a [u8],
+    },
+    /// worker → server: a client consumes a queue (again: a new prefetch).
+    /// `req` 0: registered again after a reconnect.
+    Consume {
+        req: u32,
+        client: u64,
+        prefetch: u32,
+        queue: &'a [u8],
+    },
+    /// worker → server: a client stops consuming `queue` (empty: every
+    /// queue; `req` 0: the client is gone).
+    Unconsume {
+        req: u32,
+        client: u64,
+        queue: &'a [u8],
+    },
+    /// worker → server: a client acks, nacks or rejects a job.
+    Settle {
+        req: u32,
+        client: u64,
+        verdict: Verdict,
+        id: u64,
+        queue: &'a [u8],
+    },
+    /// worker → server: a client asks for the queues' figures.
+    ListQueues {
+        req: u32,
+        client: u64,
+    },
+    /// server → worker: a job for a client; `attempt` is 1 the first time.
+    Job {
+        client: u64,
+        id: u64,
+        attempt: u32,
+        queue: &'a [u8],
+        message: &'a [u8],
+    },
+    /// server → worker: the answer to queue request `req` (0: to none, `text`
+    /// empty: a job taken back after the ack timeout), and how many of the
+    /// jobs client `client` held it ends (acked, taken back).
+    QueueReply {
+        req: u32,
+        client: u64,
+        settled: u32,
+        text: &'a [u8],
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -183,6 +253,64 @@ impl Frame<'_> {
             Frame::Infoed { req, first, last, messages, bytes } => {
                 put(out, INFOED, &[&req.to_be_bytes(), &be(first), &be(last), &be(messages), &be(bytes)])
             }
+            Frame::Enqueue { req, client, queue, message } => {
+                put(out, ENQUEUE, &[&req.to_be_bytes(), &be(client), &name_len(queue), queue, message])
+            }
+            Frame::Consume { req, client, prefetch, queue } => {
+                put(out, CONSUME, &[&req.to_be_bytes(), &be(client), &prefetch.to_be_bytes(), queue])
+            }
+            Frame::Unconsume { req, client, queue } => put(out, UNCONSUME, &[&req.to_be_bytes(), &be(client), queue]),
+            Frame::Settle { req, client, verdict, id, queue } => {
+                put(out, SETTLE, &[&req.to_be_bytes(), &be(client), &[verdict as u8], &be(id), queue])
+            }
+            Frame::ListQueues { req, client } => put(out, LIST_QUEUES, &[&req.to_be_bytes(), &be(client)]),
+            Frame::Job { client, id, attempt, queue, message } => put(
+                out,
+                JOB,
+                &[&client.to_be_bytes(), &id.to_be_bytes(), &attempt.to_be_bytes(), &name_len(queue), queue, message],
+            ),
+            Frame::QueueReply { req, client, settled, text } => {
+                put(out, QUEUE_REPLY, &[&req.to_be_bytes(), &be(client), &settled.to_be_bytes(), text])
+            }
+        }
+    }
+}
+
+/// The length byte of a queue name that comes before a message.
+fn name_len(queue: &[u8]) -> [u8; 1] {
+    debug_assert!(!queue.is_empty() && queue.len() <= u8::MAX as usize);
+    [queue.len() as u8]
+}
+
+/// Reads fixed-size fields off the front of a body.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, rest) = self.0.split_first_chunk::<N>().ok_or(DecodeError::Malformed("queue frame too short"))?;
+        self.0 = rest;
+        Ok(*head)
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.take().map(u64::from_be_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.take().map(u32::from_be_bytes)
+    }
+    /// A queue name of `len:u8` bytes, then the rest.
+    fn name_and_rest(&mut self) -> Result<(&'a [u8], &'a [u8]), DecodeError> {
+        let [n] = self.take::<1>()?;
+        match self.0.split_at_checked(n as usize) {
+            Some((name, rest)) if n > 0 => Ok((name, rest)),
+            _ => Err(DecodeError::Malformed("bad queue name length")),
+        }
+    }
+    /// The rest as a queue name (`empty_ok`: may be empty).
+    fn name(self, empty_ok: bool) -> Result<&'a [u8], DecodeError> {
+        match self.0.len() {
+            0 if empty_ok => Ok(self.0),
+            1..=255 => Ok(self.0),
+            _ => Err(DecodeError::Malformed("bad queue name length")),
         }
     }
 }
@@ -316,6 +444,53 @@ fn decode_body(b: &[u8]) -> Result<Frame<'_>, DecodeError> {
         PING | PONG if !body.is_empty() => return Err(DecodeError::Malformed("ping or pong with a body")),
         PING => Frame::Ping,
         PONG => Frame::Pong,
+        ENQUEUE => {
+            let mut f = Fields(body);
+            let (req, client) = (f.u32()?, f.u64()?);
+            let (queue, message) = f.name_and_rest()?;
+            Frame::Enqueue { req, client, queue, message }
+        }
+        CONSUME => {
+            let mut f = Fields(body);
+            let (req, client, prefetch) = (f.u32()?, f.u64()?, f.u32()?);
+            Frame::Consume { req, client, prefetch, queue: f.name(false)? }
+        }
+        UNCONSUME => {
+            let mut f = Fields(body);
+            let (req, client) = (f.u32()?, f.u64()?);
+            Frame::Unconsume { req, client, queue: f.name(true)? }
+        }
+        SETTLE => {
+            let mut f = Fields(body);
+            let (req, client) = (f.u32()?, f.u64()?);
+            let verdict = match f.take::<1>()? {
+                [0] => Verdict::Ack,
+                [1] => Verdict::Nack,
+                [2] => Verdict::Reject,
+                _ => return Err(DecodeError::Malformed("unknown verdict")),
+            };
+            let id = f.u64()?;
+            Frame::Settle { req, client, verdict, id, queue: f.name(false)? }
+        }
+        LIST_QUEUES => {
+            let mut f = Fields(body);
+            let (req, client) = (f.u32()?, f.u64()?);
+            if !f.0.is_empty() {
+                return Err(DecodeError::Malformed("bad queue list request"));
+            }
+            Frame::ListQueues { req, client }
+        }
+        JOB => {
+            let mut f = Fields(body);
+            let (client, id, attempt) = (f.u64()?, f.u64()?, f.u32()?);
+            let (queue, message) = f.name_and_rest()?;
+            Frame::Job { client, id, attempt, queue, message }
+        }
+        QUEUE_REPLY => {
+            let mut f = Fields(body);
+            let (req, client, settled) = (f.u32()?, f.u64()?, f.u32()?);
+            Frame::QueueReply { req, client, settled, text: f.0 }
+        }
         k => return Err(DecodeError::UnknownKind(k)),
     })
 }
@@ -542,6 +717,13 @@ mod tests {
             Frame::SubErr { topic: b"t", reason: b"too many topics" },
             Frame::Ping,
             Frame::Pong,
+            Frame::Enqueue { req: 1, client: 7, queue: b"data_sync", message: b"Hello World!" },
+            Frame::Consume { req: 0, client: u64::MAX, prefetch: 10, queue: b"q" },
+            Frame::Unconsume { req: 2, client: 1, queue: b"" },
+            Frame::Settle { req: 3, client: 1, verdict: Verdict::Reject, id: 1 << 40, queue: b"q" },
+            Frame::ListQueues { req: 4, client: 3 },
+            Frame::Job { client: 7, id: 1, attempt: 2, queue: b"data_sync", message: b"" },
+            Frame::QueueReply { req: 5, client: 7, settled: 1, text: b"OK acked q#1\n" },
         ];
         let mut data = Vec::new();
         frames.iter().for_each(|f| f.encode(&mut data));
@@ -579,6 +761,9 @@ mod tests {
         Frame::Fetched { req: 1, gap: None, first: 1, next: 2, topic: b"t", messages: &[0, 0, 0, 9, b'x'] }
             .encode(&mut bad);
         assert!(decode_all(&[&bad]).is_err(), "a message longer than the frame");
+        assert!(decode_all(&[&[0, 0, 0, 14, ENQUEUE, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0]]).is_err(), "empty name");
+        assert!(decode_all(&[&[0, 0, 0, 15, SETTLE, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 3, b'q']]).is_err(), "verdict");
+        assert!(decode_all(&[&[0, 0, 0, 4, LIST_QUEUES, 0, 0, 1]]).is_err());
     }
 
     #[test]

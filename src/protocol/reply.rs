@@ -67,12 +67,62 @@ Commands (case-insensitive):
   info <topic>               what a topic retains, and its latest number
   seq on|off                 deliveries carry their numbers: Received [<topic>#<seq>]: ...
   confirm on|off             each publish is answered OK published <topic>#<seq> once committed
+  enqueue <queue> <message>  add a job to a work queue (OK enqueued <queue>#<id> once it is held)
+  consume <queue> [prefetch] take jobs one consumer at a time, at most prefetch (default 10) unacked
+  ack <queue>#<id> ...       done with the job: never delivered again
+  nack <queue>#<id> ...      not done: back to the front, delivered again with the next try
+  reject <queue>#<id> ...    never to be done: moved to <queue>.dead
+  unconsume [queue ...]      stop; unacked jobs go back; all of this connection's queues if none given
+  queues                     one line per queue: <queue> ready <n> unacked <n> consumers <n>
   ping                       answers PONG
   help                       this text
   quit                       close the connection
 Messages arrive as: Received [<topic>]: <message>
 Numbers no longer retained are told as: GAP [<topic>] <first>-<last>
+Jobs arrive as: Job [<queue>#<id>] try <n>: <message>
 ";
+
+pub fn consuming(queue: &[u8]) -> [&[u8]; 3] {
+    [b"OK consuming ", queue, b"\n"]
+}
+
+pub fn unconsumed(queue: &[u8]) -> [&[u8]; 3] {
+    [b"OK unconsumed ", queue, b"\n"]
+}
+
+/// `OK <what> <queue>#<id>`: enqueued, acked, nacked, rejected.
+pub fn job_done(what: &str, queue: &[u8], id: u64) -> Vec<u8> {
+    [b"OK ", what.as_bytes(), b" ", queue, format!("#{id}\n").as_bytes()].concat()
+}
+
+/// A line of `queues`.
+pub fn queue_figures(out: &mut Vec<u8>, queue: &[u8], ready: u64, unacked: u64, consumers: u64) {
+    out.extend_from_slice(queue);
+    out.extend_from_slice(format!(" ready {ready} unacked {unacked} consumers {consumers}\n").as_bytes());
+}
+
+pub fn queues_count(n: usize) -> String {
+    format!("OK queues {n}\n")
+}
+
+/// `Job [<queue>#<id>] try <n>: <message>`.
+pub fn job(queue: &[u8], id: u64, attempt: u32, message: &[u8]) -> Vec<u8> {
+    [b"Job [", queue, format!("#{id}] try {attempt}: ").as_bytes(), message, b"\n"].concat()
+}
+
+pub fn not_consuming(queue: &[u8]) -> String {
+    format!("not consuming '{}'", String::from_utf8_lossy(queue))
+}
+
+pub const NOT_CONSUMING_ANY: &str = "not consuming any queue";
+
+pub fn too_many_queues(max: usize) -> String {
+    format!("too many queues consumed (max {max} per connection)")
+}
+
+/// The answer to queue commands in flight when the link broke.
+pub const LINK_LOST: &str =
+    "the link to the channel server broke before it answered: the command may or may not have taken effect; consumers are restored when it is back, unacked jobs are delivered again";
 
 /// `ERR <why>`: the one line a client gets for what it did wrong.
 pub fn error(why: &str) -> [&[u8]; 3] {
@@ -174,5 +224,10 @@ mod tests {
         assert_eq!(topic_info(b"t", 1, 0, 0, 0), b"OK topic t first 1 last 0 messages 0 bytes 0\n");
         assert_eq!(switched("seq", true), b"OK seq on\n");
         assert!(HELP.ends_with(b"\n") && welcome("X").ends_with(b"to X\n"));
+        assert_eq!(job(b"data_sync", 1, 1, b"Hello World!"), b"Job [data_sync#1] try 1: Hello World!\n");
+        assert_eq!(job_done("acked", b"q", 7), b"OK acked q#7\n");
+        let mut figures = Vec::new();
+        queue_figures(&mut figures, b"q", 1, 2, 3);
+        assert_eq!(figures, b"q ready 1 unacked 2 consumers 3\n");
     }
 }

@@ -2,6 +2,7 @@
 //! it forwards each publish, byte for byte, to every worker subscribed to its
 //! topic. It runs as the single worker of its own master.
 
+mod jobs;
 pub mod queues;
 mod server;
 

@@ -28,6 +28,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+pub use crate::config::QueueLimits as Limits;
+use crate::protocol::queue;
 use crate::store::{Lsn, Store};
 
 /// One client connection of one worker link.
@@ -37,16 +39,6 @@ pub struct Client {
     pub link: usize,
     /// The worker's id for the connection.
     pub id: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Jobs in one queue, ready and unacknowledged.
-    pub max_jobs: u64,
-    /// Payload bytes in all queues.
-    pub max_bytes: u64,
-    pub ack_timeout_ms: u64,
-    pub max_tries: u32,
 }
 
 /// A job to send to a consumer.
@@ -114,15 +106,6 @@ pub struct Totals {
     pub dead_lettered: u64,
 }
 
-/// The dead-letter queue of `queue`: `<queue>.dead`, and a dead-letter
-/// queue is its own (a job rejected there goes to its back).
-pub fn dead_letter_queue(queue: &[u8]) -> Vec<u8> {
-    match queue.ends_with(b".dead") {
-        true => queue.to_vec(),
-        false => [queue, b".dead"].concat(),
-    }
-}
-
 struct Consumer {
     client: Client,
     prefetch: u32,
@@ -163,21 +146,23 @@ pub struct Queues {
 }
 
 impl Queues {
-    /// The dispatcher for the jobs pending in `store` (ready, in id order).
-    pub fn new(limits: Limits, store: &Store) -> Queues {
-        let mut q = Queues {
+    pub fn new(limits: Limits) -> Queues {
+        Queues {
             limits,
             queues: HashMap::new(),
             by_client: HashMap::new(),
             deadlines: VecDeque::new(),
             totals: Totals::default(),
-        };
+        }
+    }
+
+    /// Takes the jobs pending in a store just opened as ready, in id order.
+    pub fn load(&mut self, store: &Store) {
         for (name, info) in store.queues().filter(|(_, info)| info.jobs > 0) {
             let ready = store.jobs(name).map(|j| j.id).collect();
-            q.queues.insert(name.into(), Queue { ready, ..Queue::default() });
-            q.totals.bytes += info.bytes;
+            self.queues.insert(name.into(), Queue { ready, ..Queue::default() });
+            self.totals.bytes += info.bytes;
         }
-        q
     }
 
     /// Adds a job; its id, and the store's lsn to confirm it by.
@@ -446,7 +431,7 @@ impl Queues {
         out: &mut Vec<Delivery>,
     ) -> Lsn {
         self.totals.dead_lettered += 1;
-        let dead = dead_letter_queue(name);
+        let dead = queue::dead_letter(name);
         let a = store.move_job(name, id, &dead, now_ms).expect("a held job is pending in the store");
         let dead = self.queue(&dead);
         self.queues.get_mut(&dead).expect("just made").ready.push_back(a.seq);
@@ -514,7 +499,8 @@ mod tests {
     impl T {
         fn new() -> T {
             let store = Store::in_memory(Config::default());
-            let q = Queues::new(limits(), &store);
+            let mut q = Queues::new(limits());
+            q.load(&store);
             T { store, q, out: Vec::new() }
         }
         fn enqueue(&mut self, queue: &str, msg: &str) -> u64 {
@@ -688,7 +674,8 @@ mod tests {
         t.q.nack(&mut t.store, A, b"q", 2, 0, &mut t.out).unwrap();
         t.sent();
         // A new dispatcher on the same store, as after a restart.
-        let mut q = Queues::new(limits(), &t.store);
+        let mut q = Queues::new(limits());
+        q.load(&t.store);
         q.consume(&mut t.store, C, b"q", 9, 0, &mut t.out);
         assert_eq!(t.sent(), ["1/1 q#2 try 2: b", "1/1 q#3 try 1: c"]);
         assert_eq!(q.totals().bytes, 2);

@@ -13,6 +13,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use super::queues::{Delivery, Queues};
 use crate::config::{ChannelConfig, FsyncPolicy, MAX_SECRET};
 use crate::protocol::frame::{self, Frame, FrameReader, FETCH_BYTES, FETCH_MESSAGES, MAX_FRAME, VERSION};
 use crate::protocol::topic;
@@ -52,10 +53,10 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// (the worker being replaced by a reload holds it until it exits).
 const LOCK_RETRY: Duration = Duration::from_millis(50);
 
-struct Peer {
+pub(super) struct Peer {
     stream: TcpStream,
     addr: SocketAddr,
-    id: u64,
+    pub(super) id: u64,
     reader: FrameReader,
     out: Outbound<Frames>,
     authed: bool,
@@ -98,8 +99,8 @@ impl fmt::Display for PeerError {
 }
 
 /// The links, and the work deferred to the end of the event batch.
-struct Peers {
-    slab: Slab<Peer>,
+pub(super) struct Peers {
+    pub(super) slab: Slab<Peer>,
     /// Peers with output to write.
     dirty: Vec<usize>,
     /// A peer is over its buffer limit: publishers wait.
@@ -119,7 +120,7 @@ impl Peers {
     }
 
     /// Queues encoded frames for a peer.
-    fn push(&mut self, key: usize, frames: &[u8]) {
+    pub(super) fn push(&mut self, key: usize, frames: &[u8]) {
         let p = &mut self.slab[key];
         if p.closing {
             return;
@@ -160,15 +161,25 @@ struct Handshakes {
 }
 
 /// A request answered from the store once this turn's appends are committed.
-enum Request {
-    Fetch { req: u32, from: u64, limit: u32, topic: Box<[u8]> },
-    Info { req: u32, topic: Box<[u8]> },
+pub(super) enum Request {
+    Fetch {
+        req: u32,
+        from: u64,
+        limit: u32,
+        topic: Box<[u8]>,
+    },
+    Info {
+        req: u32,
+        topic: Box<[u8]>,
+    },
+    /// Frames made already: the answers and jobs of the work queues (`jobs`).
+    Ready(Vec<u8>),
 }
 
 /// This turn's publishes, numbered and appended to the store, forwarded and
 /// confirmed only once `Store::commit` has returned their Lsns.
 #[derive(Default)]
-struct Staged {
+pub(super) struct Staged {
     /// Their MSG frames, one after another.
     frames: Vec<u8>,
     /// Per publish: where its frame ends in `frames`, and its Lsn.
@@ -176,19 +187,22 @@ struct Staged {
     /// Publishes that asked for a PUBACK: (peer key, peer id, index in `ends`).
     confirms: Vec<(usize, u64, usize)>,
     /// Requests that read the store: (peer key, peer id, request).
-    requests: Vec<(usize, u64, Request)>,
+    pub(super) requests: Vec<(usize, u64, Request)>,
 }
 
 pub struct ChannelServer {
     secret: Option<Vec<u8>>,
     /// `None` until the data directory could be opened (see LOCK_RETRY).
-    store: Option<Store>,
+    pub(super) store: Option<Store>,
     store_config: store::Config,
     data_dir: Option<std::path::PathBuf>,
     open_retry: Option<Instant>,
-    staged: Staged,
+    pub(super) staged: Staged,
+    pub(super) queues: Queues,
+    /// The dispatcher's output, reused.
+    pub(super) deliveries: Vec<Delivery>,
     next_expire: Instant,
-    peers: Peers,
+    pub(super) peers: Peers,
     topics: HashMap<Box<[u8]>, Vec<usize>>,
     /// Most topics at this server, and per worker link.
     max_topics: usize,
@@ -228,6 +242,8 @@ impl ChannelServer {
             data_dir: cfg.data_dir,
             open_retry: None,
             staged: Staged::default(),
+            queues: Queues::new(cfg.queues),
+            deliveries: Vec::new(),
             next_expire: Instant::now(),
             peers: Peers { slab: Slab::new(), dirty: Vec::new(), congested: false, max_buffer: cfg.max_link_buffer },
             topics: HashMap::new(),
@@ -267,6 +283,7 @@ impl ChannelServer {
                     store.epoch()
                 );
                 store.expire(wall_ms());
+                self.queues.load(&store);
                 self.store = Some(store);
                 self.open_retry = None;
                 // Links that connected meanwhile have their frames waiting.
@@ -438,6 +455,11 @@ impl ChannelServer {
                     }
                 }
                 Frame::Ping => self.peers.push_frame(key, Frame::Pong),
+                Frame::Enqueue { .. }
+                | Frame::Consume { .. }
+                | Frame::Unconsume { .. }
+                | Frame::Settle { .. }
+                | Frame::ListQueues { .. } => self.on_queue_frame(key, frame),
                 other => return Err(format!("unexpected frame {other:?}")),
             }
         }
@@ -506,6 +528,7 @@ impl ChannelServer {
             }
             let mut out = Vec::new();
             match r {
+                Request::Ready(frames) => out = frames,
                 Request::Fetch { req, from, limit, topic } => {
                     let limit = (limit as usize).clamp(1, FETCH_MESSAGES);
                     let read = if from == 0 {
@@ -632,6 +655,7 @@ impl ChannelServer {
         }
         self.unread.retain(|k| *k != key);
         self.to_close.retain(|k| *k != key); // closed before the end of the turn
+        self.queues_link_closed(key);
         if p.authed {
             info!("worker link from {} closed", p.addr);
         } else {
@@ -750,6 +774,7 @@ impl Service for ChannelServer {
         if self.open_retry.is_some_and(|t| t <= Instant::now()) {
             self.open_store();
         }
+        let jobs_due = self.expire_jobs();
         self.commit();
         for key in std::mem::take(&mut self.peers.dirty) {
             self.flush(key);
@@ -801,7 +826,8 @@ impl Service for ChannelServer {
             }
             expire = Some(self.next_expire);
         }
-        if !self.unread.is_empty() && !self.peers.congested && self.store.is_some() {
+        let staged = !self.staged.requests.is_empty(); // by links closed after the commit
+        if (staged || !self.unread.is_empty() && !self.peers.congested) && self.store.is_some() {
             Some(now)
         } else {
             let stall = self.peers.slab.iter().filter_map(|(_, p)| p.stalled_since).min().map(|t| t + STALL_TIMEOUT);
@@ -811,7 +837,7 @@ impl Service for ChannelServer {
                 .as_ref()
                 .and_then(Store::sync_due)
                 .map(|due| now + Duration::from_millis(due.saturating_sub(wall_ms())));
-            [stall, linger, handshake, log, sync, expire, self.open_retry].into_iter().flatten().min()
+            [stall, linger, handshake, log, sync, expire, self.open_retry, jobs_due].into_iter().flatten().min()
         }
     }
 
@@ -884,7 +910,7 @@ fn msg_topic(f: &[u8]) -> &[u8] {
     &f[14..14 + f[13] as usize]
 }
 
-fn wall_ms() -> u64 {
+pub(super) fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

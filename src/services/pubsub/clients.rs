@@ -4,7 +4,7 @@
 //! A client is a line client or a WebSocket client (its `wire`): the same
 //! replies, each encoded for its wire.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use serde::{Deserialize, Serialize};
 use slab::Slab;
 
+use super::queues::{Consuming, MAX_AWAITING};
 use super::topics::TopicId;
 use crate::config::Lagging;
 use crate::protocol::input::Input;
@@ -40,6 +41,7 @@ pub struct Client {
     pub replies: Replies,
     /// A set: looking a topic up costs the same for one or 1024 of them.
     pub topics: IndexSet<TopicId>,
+    pub consuming: Consuming,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Close once the output queue is written (quit, slow consumer, drain).
@@ -71,6 +73,7 @@ impl Client {
             out: Outbound::default(),
             replies: Replies::default(),
             topics: IndexSet::new(),
+            consuming: Consuming::default(),
             bytes_in: 0,
             bytes_out: 0,
             closing: false,
@@ -117,6 +120,8 @@ impl Wire {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Replies {
     held: VecDeque<Held>,
+    /// How many of `held` are `Answer`s.
+    answers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +159,12 @@ impl Replies {
     /// Holds the next replies until the answer `token` is filled in.
     pub fn hold_answer(&mut self, token: u64) {
         self.held.push_back(Held::Answer(token));
+        self.answers += 1;
+    }
+
+    /// How many answers are awaited.
+    pub fn awaiting(&self) -> usize {
+        self.answers
     }
 
     /// Puts `OK subscribed` in the place held for it and releases what follows
@@ -186,6 +197,7 @@ impl Replies {
     pub fn fill(&mut self, out: &mut Outbound, token: u64, text: Vec<u8>) {
         if let Some(h) = self.held.iter_mut().find(|h| matches!(h, Held::Answer(t) if *t == token)) {
             *h = Held::Text(text);
+            self.answers -= 1;
         }
         self.release(out);
     }
@@ -199,6 +211,7 @@ impl Replies {
 
     pub fn clear(&mut self) {
         self.held.clear();
+        self.answers = 0;
     }
 }
 
@@ -217,6 +230,8 @@ pub struct Counters {
 /// The clients and the work deferred to the end of the event batch.
 pub struct Clients {
     pub slab: Slab<Client>,
+    /// Slab keys by client id: the channel server names clients by id.
+    pub by_id: HashMap<u64, usize>,
     /// Clients with output to write.
     pub dirty: Vec<usize>,
     /// Clients with input left unread (backpressure, or their turn ran out).
@@ -238,6 +253,7 @@ impl Clients {
     pub fn new(max_send_queue: usize, lagging: Lagging) -> Clients {
         Clients {
             slab: Slab::new(),
+            by_id: HashMap::new(),
             dirty: Vec::new(),
             unread: Vec::new(),
             to_close: Vec::new(),
@@ -276,7 +292,26 @@ impl Clients {
     pub fn fill(&mut self, key: usize, id: u64, token: u64, text: Vec<u8>) {
         let Some(c) = self.slab.get_mut(key).filter(|c| c.id == id) else { return };
         c.replies.fill(&mut c.out, token, c.wire.encode(&[&text]));
+        if c.input_paused && c.replies.awaiting() <= MAX_AWAITING / 2 {
+            c.input_paused = false; // reading checks every reason to pause again
+            self.read_later(key);
+        }
         self.check_queue(key);
+    }
+
+    /// Adds a client; returns its key.
+    pub fn add(&mut self, c: Client) -> usize {
+        let id = c.id;
+        let key = self.slab.insert(c);
+        self.by_id.insert(id, key);
+        key
+    }
+
+    /// Removes a client (at the end of a batch).
+    pub fn remove(&mut self, key: usize) -> Option<Client> {
+        let c = self.slab.try_remove(key)?;
+        self.by_id.remove(&c.id);
+        Some(c)
     }
 
     /// The channel server confirmed the client's subscription to `topic`.

@@ -67,6 +67,11 @@ impl PubSub {
                 self.unsubscribe(key, all.iter().map(|t| t.as_slice()));
             }
             Command::Unsubscribe(topics) => self.unsubscribe(key, topics.iter()),
+            cmd @ (Command::Enqueue { .. }
+            | Command::Consume { .. }
+            | Command::Unconsume(_)
+            | Command::Settle { .. }
+            | Command::Queues) => self.queue_command(key, cmd),
             Command::Ping => self.clients.reply(key, &[reply::PONG]),
             Command::Help => self.clients.reply(key, &[reply::HELP]),
             Command::Quit => {
@@ -88,7 +93,7 @@ impl PubSub {
     }
 
     /// A token for an answer that comes later.
-    fn token(&mut self) -> u64 {
+    pub(super) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
     }

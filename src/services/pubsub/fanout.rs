@@ -17,6 +17,7 @@ use log::{debug, error};
 
 use super::clients::{Clients, Wire};
 use super::link::{Asker, Link, LinkError};
+use super::queues;
 use super::topics::{Cursor, TopicId, Topics};
 use crate::config::Lagging;
 use crate::protocol::frame::{self, Frame, FETCH_MESSAGES};
@@ -132,7 +133,7 @@ impl Batches {
                             text.extend_from_slice(&reply::history_end(topic, n));
                             clients.fill(key, id, token, text);
                         }
-                        None => {}
+                        Some(Asker::Queue { .. }) | None => {}
                     }
                 }
                 Frame::Infoed { req, first, last, messages, bytes } => {
@@ -140,6 +141,7 @@ impl Batches {
                         clients.fill(key, id, token, reply::topic_info(&topic, first, last, messages, bytes));
                     }
                 }
+                Frame::Job { .. } | Frame::QueueReply { .. } => queues::on_frame(&mut link.owed, clients, frame),
                 Frame::Welcome { epoch, .. } => link.welcomed(epoch),
                 Frame::Error(why) => {
                     let why = String::from_utf8_lossy(why).into_owned();

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clients::{mark_dirty, Client, Replies, Wire};
 use super::link::{Asker, Confirm, Link, LinkError, State, TOKEN};
+use super::queues::Consuming;
 use super::topics::{Cursor, Topic, Topics};
 use super::PubSub;
 use crate::protocol::frame::FrameReader;
@@ -36,8 +37,8 @@ impl Payload for Msg {
     /// replies held as one struct, output as (bytes, written).
     /// 5: a client's input is sniffing, lines, WebSocket or HTTP.
     /// 6: numbered messages: client flags, answers held, positions, what the
-    /// link owes.
-    const FORMAT: u8 = 6;
+    /// link owes. 7: work-queue consumers, a count of answers held.
+    const FORMAT: u8 = 7;
 }
 
 /// A client connection in flight (its socket travels with it).
@@ -50,6 +51,7 @@ pub struct ClientState {
     /// Output not yet written, from where the socket stopped taking it.
     pub out: (Vec<u8>, usize),
     pub replies: Replies,
+    pub consuming: Consuming,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub closing: bool,
@@ -99,6 +101,7 @@ impl PubSub {
                 input: c.input.clone(),
                 out: c.out.parts(),
                 replies: c.replies.clone(),
+                consuming: c.consuming.clone(),
                 bytes_in: c.bytes_in,
                 bytes_out: c.bytes_out,
                 closing: c.closing,
@@ -146,13 +149,14 @@ impl PubSub {
                 c.input = s.input;
                 c.out = Outbound::from_parts(s.out.0, s.out.1);
                 c.replies = s.replies;
+                c.consuming = s.consuming;
                 c.bytes_in = s.bytes_in;
                 c.bytes_out = s.bytes_out;
                 c.closing = s.closing;
                 c.seq = s.seq;
                 c.confirm = s.confirm;
                 self.next_id = self.next_id.max(s.id + 1);
-                let key = self.clients.slab.insert(c);
+                let key = self.clients.add(c);
                 if s.closing {
                     self.clients.close_soon(key);
                 }
@@ -184,6 +188,7 @@ impl PubSub {
                         Asker::Client { id, token, topic, .. } => {
                             (r, Asker::Client { key: key_of(id), id, token, topic })
                         }
+                        Asker::Queue { id, token, .. } => (r, Asker::Queue { key: key_of(id), id, token }),
                         cursor => (r, cursor),
                     })
                     .collect();

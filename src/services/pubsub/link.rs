@@ -180,6 +180,8 @@ pub enum Asker {
     /// A client's `history` or `info` of `topic`; `token` is the place held
     /// for the answer.
     Client { key: usize, id: u64, token: u64, topic: Box<[u8]> },
+    /// A client's queue command (`queues`); `token` is the place held.
+    Queue { key: usize, id: u64, token: u64 },
 }
 
 /// What a broken link leaves unanswered.

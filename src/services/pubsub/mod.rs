@@ -38,6 +38,7 @@ mod commands;
 mod fanout;
 pub mod handoff;
 mod link;
+mod queues;
 mod topics;
 
 /// One read from a socket.
@@ -91,6 +92,7 @@ impl PubSub {
             let (key, id, token, why) = match b {
                 Broken::Confirm(c) => (c.key, c.id, c.token, reply::UNCONFIRMED),
                 Broken::Request(Asker::Client { key, id, token, .. }) => (key, id, token, reply::LINK_DOWN),
+                Broken::Request(Asker::Queue { key, id, token }) => (key, id, token, reply::LINK_LOST),
                 Broken::Request(Asker::Cursor(_)) => continue, // `Topics::relink` resets them
             };
             self.clients.fill(key, id, token, reply::error(why).concat());
@@ -128,6 +130,11 @@ impl PubSub {
             }
             if self.link.congested() {
                 return true; // leave the input in the socket until the link drains
+            }
+            if c.replies.awaiting() >= queues::MAX_AWAITING {
+                // Its queue commands wait for the channel server: no more until some are answered.
+                c.input_paused = true;
+                return false;
             }
             if c.out.queued() > self.clients.max_send_queue / 2 {
                 // It is not reading its replies: no more commands until it does.
@@ -220,8 +227,9 @@ impl PubSub {
     }
 
     fn close(&mut self, reg: &Registry, key: usize) {
-        let Some(mut c) = self.clients.slab.try_remove(key) else { return };
+        let Some(mut c) = self.clients.remove(key) else { return };
         let _ = reg.deregister(&mut c.stream);
+        self.queues_closed(&c);
         for id in c.topics.drain(..) {
             self.leave(id, key);
         }
@@ -233,14 +241,13 @@ impl Service for PubSub {
     type Handoff = handoff::Msg;
 
     fn accept(&mut self, reg: &Registry, mut stream: TcpStream, peer: SocketAddr) {
-        let entry = self.clients.slab.vacant_entry();
-        let key = entry.key();
+        let key = self.clients.slab.vacant_key();
         if let Err(e) = reg.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
             warn!("cannot register {peer}: {e}");
             return;
         }
         debug!("{peer} connected");
-        entry.insert(Client::new(stream, peer, self.next_id));
+        self.clients.add(Client::new(stream, peer, self.next_id));
         self.next_id += 1;
         // Greeted once it is known not to be an HTTP client (`on_item`, `tick`).
         self.clients.sniff(key, Instant::now());
@@ -291,6 +298,7 @@ impl Service for PubSub {
                 })
                 .collect();
             self.link.connect(reg, &subs, now);
+            self.queues_relink();
         }
         self.batches.pump(&mut self.link, &mut self.topics, &self.clients);
         if !self.link.congested() {
