@@ -232,6 +232,9 @@ impl Queues {
         let mut held: Vec<u64> = q.unacked.iter().filter(|(_, h)| h.client == client).map(|(&id, _)| id).collect();
         held.sort_unstable();
         debug_assert_eq!(held.len(), c.unacked as usize);
+        for id in &held {
+            q.unacked.remove(id);
+        }
         let name: Rc<[u8]> = self.queues.get_key_value(queue).expect("checked").0.clone();
         if let Some(qs) = self.by_client.get_mut(&client) {
             qs.retain(|n| *n != name);
@@ -586,7 +589,7 @@ mod tests {
         assert_eq!(t.sent(), ["1/1 q#1 try 2: a", "1/1 q#2 try 2: b", "1/1 q#3 try 1: c"]);
         let n = t.q.unconsume(&mut t.store, C, b"q", 0, &mut t.out).unwrap();
         assert_eq!(n, 3);
-        assert_eq!(t.q.totals().ready, 3);
+        assert_eq!((t.q.totals().ready, t.q.totals().unacked), (3, 0));
         assert_eq!(t.store.job(b"q", 1).unwrap().tries, 2, "tries are logged");
     }
 
