@@ -41,6 +41,16 @@ fn the_original_producer_and_consumer() {
     consumer.expect("OK consuming data_sync");
     consumer.expect("Job [data_sync#1] try 1: Hello World!");
     expect_queues(&mut consumer, &["data_sync ready 0 unacked 1 consumers 1"]);
+    let q = &c.channel.status()["workers"][0]["queues"][0];
+    assert_eq!(
+        (&q["name"], &q["ready"], &q["unacked"], &q["consumers"]),
+        (&"data_sync".into(), &0.into(), &1.into(), &1.into())
+    );
+    let out = c.subscriber.cmd("connections", &["--json"]);
+    let conns: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let consuming: Vec<_> = conns.as_array().unwrap().iter().filter(|c| c["unacked"] == 1).collect();
+    assert_eq!(consuming.len(), 1, "{conns}");
+    assert_eq!(consuming[0]["queues"][0], "data_sync");
     consumer.send("ack data_sync#1 data_sync#1 nope#1 data_sync#x");
     consumer.expect("OK acked data_sync#1");
     consumer.expect("ERR job data_sync#1 is not waiting for an acknowledgement");

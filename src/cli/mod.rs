@@ -246,12 +246,12 @@ fn connections(spec: &Spec, q: &Query) -> Result<ExitCode, String> {
     }
     let head = ("pid", "id", "peer", "kind", "bytes_in", "bytes_out", "queued");
     println!(
-        "{:<8} {:>6} {:<22} {:<6} {:>10} {:>10} {:>8}  topics",
+        "{:<8} {:>6} {:<22} {:<6} {:>10} {:>10} {:>8}  topics  queues (unacked)",
         head.0, head.1, head.2, head.3, head.4, head.5, head.6
     );
     for c in &conns {
         println!(
-            "{:<8} {:>6} {:<22} {:<6} {:>10} {:>10} {:>8}  {}",
+            "{:<8} {:>6} {:<22} {:<6} {:>10} {:>10} {:>8}  {}  {}",
             c.worker_pid,
             c.id,
             c.peer,
@@ -259,7 +259,11 @@ fn connections(spec: &Spec, q: &Query) -> Result<ExitCode, String> {
             c.bytes_in,
             c.bytes_out,
             c.queued,
-            c.topics.join(",")
+            c.topics.join(","),
+            match c.queues.is_empty() {
+                true => String::new(),
+                false => format!("{} ({})", c.queues.join(","), c.unacked),
+            }
         );
     }
     println!("{} connection(s)", conns.len());
@@ -386,5 +390,16 @@ fn print_status(s: &Status) {
             "retained: {} message(s), {} bytes of payload, {} topic(s); {} bytes of log",
             w.messages, w.bytes, w.topics, w.log_bytes
         );
+    }
+    for w in &s.workers {
+        if let Some(j) = &w.stats.jobs {
+            println!(
+                "jobs: {} queue(s), {} bytes held; {} delivered, {} acked, {} returned ({} timed out), {} dead-lettered",
+                j.queues, j.bytes, j.delivered, j.acked, j.returned, j.timed_out, j.dead_lettered
+            );
+        }
+        for q in &w.stats.queues {
+            println!("queue {}: ready {} unacked {} consumers {}", q.name, q.ready, q.unacked, q.consumers);
+        }
     }
 }

@@ -66,6 +66,12 @@ pub struct WorkerStats {
     /// The channel server's store: what it retains.
     #[serde(default)]
     pub retained: Option<Retained>,
+    /// The channel server's work queues (at most `MAX_LISTED_QUEUES`, by name).
+    #[serde(default)]
+    pub queues: Vec<QueueStat>,
+    /// The channel server's jobs since it started.
+    #[serde(default)]
+    pub jobs: Option<Box<JobCounts>>,
     /// GAP lines sent: numbers a reader asked for were no longer retained.
     #[serde(default)]
     pub gaps: u64,
@@ -79,6 +85,32 @@ pub struct WorkerStats {
     /// The package version and the modification time of the binary the
     /// worker was started from, so a reload onto a rebuilt binary shows.
     pub version: String,
+}
+
+/// Most queues `status` lists.
+pub const MAX_LISTED_QUEUES: usize = 100;
+
+/// One work queue, for `status`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct QueueStat {
+    pub name: String,
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u64,
+}
+
+/// What the channel server's queues did, for `status`.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub struct JobCounts {
+    pub queues: u64,
+    /// Payload bytes held in all queues (bounded by `--max-queue-bytes`).
+    pub bytes: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    /// Deliveries that came back: nacked, their consumer gone, timed out.
+    pub returned: u64,
+    pub timed_out: u64,
+    pub dead_lettered: u64,
 }
 
 /// What the channel server's store retains, for `status`.
@@ -102,6 +134,11 @@ pub struct ConnInfo {
     #[serde(default)]
     pub kind: String,
     pub topics: Vec<String>,
+    /// The work queues it consumes, and the jobs it holds unacknowledged.
+    #[serde(default)]
+    pub queues: Vec<String>,
+    #[serde(default)]
+    pub unacked: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub queued: u64,

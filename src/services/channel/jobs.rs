@@ -11,6 +11,7 @@ use super::queues::{Client, Delivery};
 use super::server::{wall_ms, ChannelServer, Request};
 use crate::protocol::frame::{Frame, Verdict};
 use crate::protocol::reply;
+use crate::runtime::control::{JobCounts, QueueStat, MAX_LISTED_QUEUES};
 
 /// Most queues listed by one `queues` command, so that its answer fits a frame.
 const MAX_LISTED: usize = 10_000;
@@ -96,6 +97,28 @@ impl ChannelServer {
         self.send_deliveries(&mut out);
         self.deliveries = out;
         next.map(|ms| Instant::now() + Duration::from_millis(ms.saturating_sub(now)))
+    }
+
+    /// The queues for `status`, by name (the first MAX_LISTED_QUEUES).
+    pub(super) fn queue_stats(&self) -> Vec<QueueStat> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let figures = self.queues.figures().into_iter().take(MAX_LISTED_QUEUES);
+        figures
+            .map(|f| QueueStat { name: text(&f.name), ready: f.ready, unacked: f.unacked, consumers: f.consumers })
+            .collect()
+    }
+
+    pub(super) fn job_counts(&self) -> JobCounts {
+        let t = self.queues.totals();
+        JobCounts {
+            queues: t.queues,
+            bytes: t.bytes,
+            delivered: t.delivered,
+            acked: t.acked,
+            returned: t.returned,
+            timed_out: t.timed_out,
+            dead_lettered: t.dead_lettered,
+        }
     }
 
     fn send_deliveries(&mut self, out: &mut Vec<Delivery>) {

@@ -873,6 +873,8 @@ impl Service for ChannelServer {
                 let st = s.stats();
                 Retained { messages: st.messages, bytes: st.bytes, topics: st.topics, log_bytes: st.log_bytes }
             }),
+            queues: self.queue_stats(),
+            jobs: Some(Box::new(self.job_counts())),
             link: "-".into(),
             ..Default::default()
         }
@@ -889,6 +891,8 @@ impl Service for ChannelServer {
                 peer: p.addr.to_string(),
                 kind: "worker".into(),
                 topics: p.topics.iter().map(|t| String::from_utf8_lossy(t).into()).collect(),
+                queues: Vec::new(),
+                unacked: 0,
                 bytes_in: p.bytes_in,
                 bytes_out: p.bytes_out,
                 queued: p.out.queued() as u64,

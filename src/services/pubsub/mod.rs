@@ -374,6 +374,8 @@ impl Service for PubSub {
                 peer: c.peer.to_string(),
                 kind: c.input.kind().into(),
                 topics: c.topics.iter().map(|id| String::from_utf8_lossy(&self.topics.get(*id).name).into()).collect(),
+                queues: c.consuming.queues.iter().map(|(q, _)| String::from_utf8_lossy(q).into()).collect(),
+                unacked: c.consuming.unacked.into(),
                 bytes_in: c.bytes_in,
                 bytes_out: c.bytes_out,
                 queued: c.out.queued() as u64,
