@@ -281,3 +281,40 @@ fn reload_keeps_a_consumers_jobs() {
     expect_queues(&mut s, &["r ready 0 unacked 1 consumers 1"]);
     c.stop();
 }
+
+/// Runs an example program to its end (bounded by WAIT); its standard output.
+fn run_example(program: &str, args: &[&str]) -> String {
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (.ci/run installs it)"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{program} {args:?} did not finish");
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{program} {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The original producer and consumer, rewritten in PHP and in Python
+/// (examples/queue): each pair moves one job, and the consumer acks it.
+#[test]
+fn the_php_and_python_examples() {
+    let c = Cluster::start(1, 1);
+    let example = |name: &str| format!("{}/examples/queue/{name}", env!("CARGO_MANIFEST_DIR"));
+    for (id, lang, ext) in [(1, "php", "php"), (2, "python3", "py")] {
+        let sent = run_example(lang, &[&example(&format!("producer.{ext}")), &c.source.addr]);
+        assert_eq!(sent, format!(" [x] Sent 'Hello World!': OK enqueued data_sync#{id}\n"));
+        let got = run_example(lang, &[&example(&format!("consumer.{ext}")), &c.subscriber.addr, "1"]);
+        assert_eq!(got, " [*] Waiting for messages: OK consuming data_sync\n [x] Received Hello World!\n");
+    }
+    let mut check = c.source.connect();
+    expect_queues(&mut check, &[]);
+    c.stop();
+}
