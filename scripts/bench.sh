@@ -10,6 +10,10 @@
 #   --runs N          runs per scenario (default 3; quick and smoke: 1)
 #   --peers "LIST"    servers to measure, from: fanout nats redis ws (ws: our
 #                     servers over WebSocket instead of the line protocol)
+#                     and on a 3-node NATS cluster: fanout-nats3 (our servers
+#                     with --bus, data source on node A, subscriber on node B)
+#                     and nats3 (clients on NATS directly: publishers on A,
+#                     subscribers on B)
 #   --scenarios "L"   only these scenario names (fanout1 fanout10 fanout100
 #                     fanout1000 fanout4x100 topics latency10k latency50k conns
 #                     storm)
@@ -99,7 +103,7 @@ ACTIVE=""
 for p in $PEERS; do
     case "$p" in
         fanout|ws) ACTIVE+=" $p" ;;
-        nats) if have_peer nats-server nats-server; then ACTIVE+=" nats"; else log "SKIPPING NATS: nats-server is not installed and could not be installed"; fi ;;
+        nats|nats3|fanout-nats3) if have_peer nats-server nats-server; then ACTIVE+=" $p"; else log "SKIPPING $p: nats-server is not installed and could not be installed"; fi ;;
         redis) if have_peer redis-server redis-server; then ACTIVE+=" redis"; else log "SKIPPING Redis: redis-server is not installed and could not be installed"; fi ;;
         *) log "unknown peer $p"; exit 2 ;;
     esac
@@ -159,6 +163,48 @@ start_nats() {
     SERVER_PIDS=$! STOP="kill_wait $!"
     wait_port "$port" || return 1
     PUB_ADDR="127.0.0.1:$port" SUB_ADDR=$PUB_ADDR
+}
+
+wait_routes() { # wait_routes <monitoring port>: until that NATS node has routes to both others, up to 10 s
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /routez HTTP/1.0\r\n\r\n' >&3 && grep -q '"num_routes": 2' <&3) 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Three nats-server nodes routed to each other; NATS_A, NATS_B, NATS_C are their client addresses.
+start_nats3() {
+    local d=$1 ports pids="" i
+    read -r -a ports < <("$BENCH" free-port 9 | xargs)
+    for i in 0 1 2; do
+        local routes=()
+        [ "$i" -gt 0 ] && routes=(--routes "nats://127.0.0.1:${ports[1]}")
+        nats-server -a 127.0.0.1 -p "${ports[$((i * 3))]}" -m "${ports[$((i * 3 + 2))]}" --cluster_name bench \
+            --cluster "nats://127.0.0.1:${ports[$((i * 3 + 1))]}" "${routes[@]}" -l "$d/nats$i.log" >>"$d/start.log" 2>&1 &
+        pids+=" $!"
+    done
+    SERVER_PIDS=${pids# } STOP="for p in $pids; do kill_wait \$p; done"
+    for i in 0 1 2; do wait_routes "${ports[$((i * 3 + 2))]}" || return 1; done
+    NATS_A="127.0.0.1:${ports[0]}" NATS_B="127.0.0.1:${ports[3]}" NATS_C="127.0.0.1:${ports[6]}"
+    PUB_ADDR=$NATS_A SUB_ADDR=$NATS_B
+}
+
+# Our servers on the 3-node cluster: the data source on node A, the subscriber on node B.
+start_fanout-nats3() {
+    local d=$1 sp dp
+    start_nats3 "$d" || return 1
+    local nats_stop=$STOP nats_pids=$SERVER_PIDS
+    read -r sp dp < <("$BENCH" free-port 2 | xargs)
+    local q=()
+    [ -n "$SEND_QUEUE" ] && q=(--max-send-queue "$SEND_QUEUE")
+    STOP="stop_fanout $d; $nats_stop"
+    "$BIN_DIR/subscriber" start --listen "127.0.0.1:$sp" --bus "nats://$NATS_B,nats://$NATS_C,nats://$NATS_A" \
+        --count "$SUB_WORKERS" "${q[@]}" --pid-file "$d/sub.pid" --log-file "$d/sub.log" -d >>"$d/start.log" 2>&1 &&
+    "$BIN_DIR/data-source" start --listen "127.0.0.1:$dp" --bus "nats://$NATS_A,nats://$NATS_B,nats://$NATS_C" \
+        --count "$DS_WORKERS" "${q[@]}" --pid-file "$d/ds.pid" --log-file "$d/ds.log" -d >>"$d/start.log" 2>&1 || return 1
+    PUB_ADDR="127.0.0.1:$dp" SUB_ADDR="127.0.0.1:$sp"
+    SERVER_PIDS="$nats_pids $(cat "$d/sub.pid" "$d/ds.pid" | xargs)"
 }
 
 start_redis() {
@@ -228,7 +274,8 @@ while IFS='|' read -r name args; do
             for p in $SERVER_PIDS; do pids+=(--server-pid "$p"); done
             log "$name run $run/$RUNS: $peer"
             # shellcheck disable=SC2086 # args and EXTRA are lists of words
-            if ! "$BENCH" run --proto "$peer" $args $EXTRA --pub-addr "$PUB_ADDR" --sub-addr "$SUB_ADDR" \
+            case "$peer" in fanout-nats3) proto=fanout ;; nats3) proto=nats ;; *) proto=$peer ;; esac
+            if ! "$BENCH" run --proto "$proto" $args $EXTRA --pub-addr "$PUB_ADDR" --sub-addr "$SUB_ADDR" \
                     "${pids[@]}" --json >>"$RESULTS" 2>"$dir/bench.err"; then
                 FAILED=$((FAILED + 1))
                 log "  FAILED: $(tail -n 1 "$RESULTS" | grep -o "\"failures\":\[[^]]*\]" || cat "$dir/bench.err")"

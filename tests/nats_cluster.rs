@@ -150,6 +150,11 @@ impl NatsCluster {
         NatsCluster { nodes, _dir: dir, _slot }
     }
 
+    /// A JSON page of node `at`'s monitoring endpoint.
+    pub fn monitor(&self, at: usize, path: &str) -> Value {
+        monitor(&self.nodes[at].monitor, path).unwrap_or_else(|| panic!("{path} of node {at}"))
+    }
+
     /// Waits until node `at` knows, through its routes, that `routes` other
     /// nodes have subscribers on `subject`. Interest crosses a cluster
     /// asynchronously: a subscription in effect on one node may not be known

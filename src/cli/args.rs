@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ChannelConfig, Config, FsyncPolicy, Lagging, PubSubConfig, QueueLimits, Role, RoleKind, Spec};
+use crate::config::{
+    parse_bus, ChannelConfig, Config, FsyncPolicy, Lagging, PubSubConfig, QueueLimits, Role, RoleKind, Spec,
+};
 use crate::protocol::{frame::MAX_MESSAGE, topic};
 
 #[derive(Debug, Parser)]
@@ -109,6 +111,15 @@ pub struct PubSubArgs {
     /// Address of the channel server
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2206")]
     pub channel: SocketAddr,
+    /// Use a NATS cluster as the bus instead of the channel server: some of its
+    /// servers, comma-separated; the others are learnt from them. Credentials
+    /// come from --bus-credentials or the environment, never from here
+    #[arg(long, value_name = "nats://HOST:PORT,...")]
+    pub bus: Option<String>,
+    /// File with the NATS credentials, `token=...` or `user=...` and `password=...`
+    /// lines [or env FANOUT_NATS_TOKEN, or FANOUT_NATS_USER and FANOUT_NATS_PASSWORD]
+    #[arg(long, value_name = "PATH")]
+    pub bus_credentials: Option<PathBuf>,
     /// Default topic of `publish` and `subscribe`
     #[arg(long, value_name = "NAME", default_value = "topic1")]
     pub topic: String,
@@ -225,6 +236,8 @@ impl RoleArgs for PubSubArgs {
         }
         Ok(Role::PubSub(PubSubConfig {
             channel: self.channel,
+            nats: self.bus.as_deref().map(parse_bus).transpose()?.unwrap_or_default(),
+            bus_credentials: absolute(self.bus_credentials.as_ref()),
             topic: self.topic.clone(),
             max_line: self.max_line,
             max_send_queue: self.max_send_queue.max(64 * 1024),

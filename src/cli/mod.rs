@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::FromArgMatches;
 use log::error;
 
-use crate::config::{load_secret, Config, Role, Spec};
+use crate::config::{load_nats_auth, load_secret, Config, Role, Spec};
 use crate::master::control::{self, Reply, Request, Status};
 use crate::master::daemon::{self, DaemonEnv};
 use crate::master::pidfile::{self, PidFile};
@@ -129,12 +129,19 @@ fn serve(mut cfg: Config, ready: Option<OwnedFd>) -> Result<ExitCode, String> {
     Ok(Master::new(cfg, listener, pid_file, ready)?.run())
 }
 
-/// The channel port must not be open to the network without a secret.
+/// Reads the secrets and credentials the workers will need, so that `start`
+/// fails at once with the reason; and the channel port must not be open to
+/// the network without a secret.
 fn check_secret(cfg: &Config) -> Result<(), String> {
     let (file, channel) = match &cfg.role {
         Role::Channel(c) => (c.secret_file.as_ref(), true),
         Role::PubSub(p) => (p.secret_file.as_ref(), false),
     };
+    if let Role::PubSub(p) = &cfg.role {
+        if !p.nats.is_empty() {
+            load_nats_auth(p.bus_credentials.as_ref())?;
+        }
+    }
     let secret = load_secret(file)?;
     if channel && secret.is_none() && !cfg.listen.ip().is_loopback() {
         return Err(format!(
@@ -318,7 +325,7 @@ fn print_status(s: &Status) {
         s.workers.len()
     );
     println!(
-        "{:>3} {:>8} {:>9} {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>7} {:>5} {:>10} {:<9} version",
+        "{:>3} {:>8} {:>9} {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>7} {:>5} {:>10} {:<9} {:<26} version",
         "id",
         "pid",
         "memory",
@@ -333,14 +340,15 @@ fn print_status(s: &Status) {
         "lagging",
         "gaps",
         "link",
-        "state"
+        "state",
+        "bus"
     );
     let mut total = crate::runtime::control::WorkerStats::default();
     let mut memory = 0;
     for w in &s.workers {
         let t = &w.stats;
         println!(
-            "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>7} {:>5} {:>10} {:<9} {}",
+            "{:>3} {:>8} {:>7}kB {:>7} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>5} {:>7} {:>5} {:>10} {:<9} {:<26} {}",
             w.id,
             w.pid,
             w.memory_kb,
@@ -356,6 +364,7 @@ fn print_status(s: &Status) {
             t.gaps,
             t.link,
             t.state,
+            t.bus,
             t.version
         );
         memory += w.memory_kb;

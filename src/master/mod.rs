@@ -273,7 +273,7 @@ impl Master {
                 FromWorker::Ready => self.on_ready(key),
                 FromWorker::Stats { query, stats } => {
                     if let Some(q) = self.query.as_mut().and_then(|q| q.answered_by(query, pid)) {
-                        q.stats.push((pid, stats));
+                        q.stats.push((pid, *stats));
                     }
                 }
                 FromWorker::Connections { query, conns } => {

@@ -89,6 +89,21 @@ impl<'a> Topics<'a> {
     }
 }
 
+/// Whether the command needs the channel server's numbering, retention,
+/// confirms or queues (`resume`, `history`, `info`, `seq`, `confirm`, the
+/// work-queue commands): not on a NATS bus.
+pub fn numbered(cmd: &Command<'_>) -> bool {
+    !matches!(
+        cmd,
+        Command::Publish(_)
+            | Command::Pub { .. }
+            | Command::Subscribe(_)
+            | Command::Unsubscribe(_)
+            | Command::Ping
+            | Command::Help
+            | Command::Quit
+    )
+}
 /// Parses one line. `Ok(None)` is an empty line (ignored); `Err` is the text of
 /// the `ERR` reply.
 pub fn parse(line: &[u8]) -> Result<Option<Command<'_>>, String> {

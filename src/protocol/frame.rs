@@ -7,6 +7,8 @@
 
 use std::io::{self, Read};
 
+use super::framing::Framing;
+
 use super::topic;
 
 /// 2 added PING/PONG and SUBERR; 3 numbered messages (MSG, PUBACK, FETCH,
@@ -497,9 +499,11 @@ fn decode_body(b: &[u8]) -> Result<Frame<'_>, DecodeError> {
 
 // ---- queued frames ------------------------------------------------------------
 //
-// A queue of encoded frames (`runtime::outbound`, framed) asks these where its
-// frames begin and end. Each takes a buffer that starts at a frame and holds
-// whole frames (the last one possibly still arriving is never asked about).
+// A queue of encoded frames (`runtime::outbound`) asks FRAMING where its
+// frames begin and end and which are publishes.
+
+/// How a queue of encoded frames finds them (see `framing`).
+pub const FRAMING: Framing = Framing { len: encoded_len, is_publish };
 
 fn is_publish(frame: &[u8]) -> bool {
     frame.get(LEN) == Some(&PUBLISH)
@@ -509,76 +513,9 @@ fn is_confirmed_publish(frame: &[u8]) -> bool {
     is_publish(frame) && frame.get(LEN + 1).is_some_and(|f| f & CONFIRM != 0)
 }
 
-/// How many publishes asking for a confirm `buf` holds.
-pub fn count_confirms(mut buf: &[u8]) -> u64 {
-    let mut n = 0;
-    while buf.len() > LEN {
-        n += u64::from(is_confirmed_publish(buf));
-        buf = &buf[encoded_len(buf).min(buf.len())..];
-    }
-    n
-}
-
-/// The start of the frame that byte `at` of `buf` belongs to, or `at` itself
-/// if a frame starts there (or `buf` ends there).
-pub fn start_of(buf: &[u8], at: usize) -> usize {
-    let mut pos = 0;
-    while pos + LEN <= buf.len() {
-        let end = pos + encoded_len(&buf[pos..]);
-        if end > at {
-            return pos;
-        }
-        pos = end;
-    }
-    pos
-}
-
-/// The end of the frame being written when `at` bytes are out: `at` itself
-/// if it falls between frames.
-pub fn end_of(buf: &[u8], at: usize) -> usize {
-    match start_of(buf, at) {
-        start if start < at => start + encoded_len(&buf[start..]),
-        _ => at,
-    }
-}
-
-/// How many frames `buf` holds.
-pub fn count(mut buf: &[u8]) -> u64 {
-    let mut n = 0;
-    while buf.len() >= LEN {
-        buf = &buf[encoded_len(buf).min(buf.len())..];
-        n += 1;
-    }
-    n
-}
-
-/// How many publish frames `buf` holds.
-pub fn count_publishes(mut buf: &[u8]) -> u64 {
-    let mut n = 0;
-    while buf.len() > LEN {
-        n += u64::from(is_publish(buf));
-        buf = &buf[encoded_len(buf).min(buf.len())..];
-    }
-    n
-}
-
-/// The publishes of `buf` not yet started when `written` bytes are out, and
-/// how many publishes were cut in half.
-pub fn unstarted_publishes(buf: &[u8], written: usize) -> (Vec<u8>, u64) {
-    let mut kept = Vec::with_capacity(buf.len().saturating_sub(written));
-    let (mut at, mut lost) = (0, 0);
-    while at < buf.len() {
-        let end = at + encoded_len(&buf[at..]);
-        if is_publish(&buf[at..]) {
-            match at >= written {
-                true => kept.extend_from_slice(&buf[at..end]),
-                false if written < end => lost += 1,
-                false => {}
-            }
-        }
-        at = end;
-    }
-    (kept, lost)
+/// How many publishes asking for a confirm `buf` (whole frames) holds.
+pub fn count_confirms(buf: &[u8]) -> u64 {
+    FRAMING.count_where(buf, is_confirmed_publish)
 }
 
 /// Input buffer of one link: reads straight from the socket and hands out
@@ -775,19 +712,19 @@ mod tests {
         Frame::SubAck { next: 1, topic: b"t" }.encode(&mut buf);
         Frame::Publish { confirm: true, topic: b"t", message: b"d" }.encode(&mut buf);
         // Frame lengths on the wire: 4 + 1 + 2 + 1 + len(message) = 10, 12, 9; SUBACK 14; 9.
-        assert_eq!(start_of(&buf, 0), 0);
-        assert_eq!(start_of(&buf, 9), 0);
-        assert_eq!(start_of(&buf, 10), 10);
-        assert_eq!(start_of(&buf, 28), 22);
-        assert_eq!((end_of(&buf, 0), end_of(&buf, 3), end_of(&buf, 10)), (0, 10, 10));
-        assert_eq!(count(&buf[start_of(&buf, 11)..]), 4);
-        assert_eq!(count(&buf), 5);
-        assert_eq!(count_publishes(&buf), 4);
-        assert_eq!(count_publishes(&buf[10..]), 3);
+        assert_eq!(FRAMING.start_of(&buf, 0), 0);
+        assert_eq!(FRAMING.start_of(&buf, 9), 0);
+        assert_eq!(FRAMING.start_of(&buf, 10), 10);
+        assert_eq!(FRAMING.start_of(&buf, 28), 22);
+        assert_eq!((FRAMING.end_of(&buf, 0), FRAMING.end_of(&buf, 3), FRAMING.end_of(&buf, 10)), (0, 10, 10));
+        assert_eq!(FRAMING.count(&buf[FRAMING.start_of(&buf, 11)..]), 4);
+        assert_eq!(FRAMING.count(&buf), 5);
+        assert_eq!(FRAMING.count_publishes(&buf), 4);
+        assert_eq!(FRAMING.count_publishes(&buf[10..]), 3);
         assert_eq!((count_confirms(&buf), count_confirms(&buf[10..])), (3, 2));
-        let (kept, lost) = unstarted_publishes(&buf, 23);
+        let (kept, lost) = FRAMING.unstarted_publishes(&buf, 23);
         assert_eq!((kept.as_slice(), lost), (&buf[45..], 1));
-        let (kept, lost) = unstarted_publishes(&buf, 22);
+        let (kept, lost) = FRAMING.unstarted_publishes(&buf, 22);
         assert_eq!((kept.len(), lost), (18, 0));
     }
 

@@ -5,11 +5,13 @@
 
 pub mod command;
 pub mod frame;
+pub mod framing;
 pub mod http;
 pub mod input;
 pub mod line;
 pub mod nats;
 pub mod queue;
+pub mod read_buf;
 pub mod reply;
 pub mod telnet;
 pub mod topic;

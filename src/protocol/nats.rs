@@ -15,6 +15,8 @@
 use std::borrow::Cow;
 
 use memchr::memchr;
+
+use super::framing::Framing;
 use serde::{Deserialize, Serialize};
 
 /// Longest control line accepted from a server (the NATS default for clients).
@@ -241,14 +243,16 @@ pub fn publish(out: &mut Vec<u8>, subject: &[u8], payload: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Whether the client operation `buf` starts with is a PUB.
-pub fn is_publish(buf: &[u8]) -> bool {
+/// How a queue of client operations made by the encoders above finds them
+/// (`runtime::outbound`).
+pub const FRAMING: Framing = Framing { len: op_len, is_publish };
+
+fn is_publish(buf: &[u8]) -> bool {
     buf.starts_with(b"PUB ")
 }
 
-/// The length of the client operation `buf` starts with: one made whole by
-/// the encoders above (a queue of them is cut only between operations).
-pub fn op_len(buf: &[u8]) -> usize {
+/// The length of the client operation `buf` starts with (a whole one).
+fn op_len(buf: &[u8]) -> usize {
     let line = memchr(b'\n', buf).expect("a whole operation") + 1;
     if !is_publish(buf) {
         return line;

@@ -53,6 +53,10 @@ pub fn unsubscribed(topic: &[u8]) -> [&[u8]; 3] {
     [b"OK unsubscribed ", topic, b"\n"]
 }
 
+/// A command that needs the channel server's numbers on a NATS bus.
+pub const NOT_ON_NATS: &str = "not on a NATS bus: resume, history, info, seq, confirm and the work queues need the \
+     channel server's numbering (start with --channel)";
+
 pub const PONG: &[u8] = b"PONG\n";
 pub const BYE: &[u8] = b"Bye\n";
 

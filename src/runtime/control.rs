@@ -38,7 +38,8 @@ pub enum FromWorker {
     Ready,
     Stats {
         query: u64,
-        stats: WorkerStats,
+        /// Boxed: far larger than the other messages.
+        stats: Box<WorkerStats>,
     },
     Connections {
         query: u64,
@@ -79,8 +80,15 @@ pub struct WorkerStats {
     /// in the retained messages (rather than being cut off).
     #[serde(default)]
     pub lagging: u64,
-    /// Channel link state ("up", "down", or "-" for the channel server).
+    /// Bus link state ("up", "down", or "-" for the channel server).
     pub link: String,
+    /// Which bus and where: "channel 127.0.0.1:2206", "nats 10.0.0.5:4222".
+    #[serde(default)]
+    pub bus: String,
+    /// Times the bus link broke after being up: each a gap in this worker's
+    /// subscriptions, during which messages for them may have been missed.
+    #[serde(default)]
+    pub bus_reconnects: u64,
     pub state: String,
     /// The package version and the modification time of the binary the
     /// worker was started from, so a reload onto a rebuilt binary shows.

@@ -224,7 +224,7 @@ impl<S: Service> Loop<S> {
                     let mut stats = svc.stats();
                     stats.state = if self.draining { "draining" } else { "running" }.into();
                     stats.version = self.version.clone();
-                    self.master.send(&FromWorker::Stats { query, stats })?;
+                    self.master.send(&FromWorker::Stats { query, stats: Box::new(stats) })?;
                 }
                 ToWorker::Connections { query } => {
                     self.master.send(&FromWorker::Connections { query, conns: svc.list() })?

@@ -19,10 +19,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::marker::PhantomData;
 use std::rc::Rc;
 
 use crate::protocol::frame;
+use crate::protocol::framing::Framing;
 
 /// Linux rejects more slices than this in one `writev`.
 const MAX_IOV: usize = 1024;
@@ -55,27 +55,42 @@ impl Chunk {
     }
 }
 
-/// What a queue holds: lines (and any bytes), or frames of the channel
-/// protocol. A type, not a field, so that an idle client's queue is no larger
-/// than it must be and frame operations exist only on a queue of frames.
-pub trait Kind {
+/// What a queue holds: lines (and any bytes), or frames of a protocol. A
+/// type, so that an idle client's queue is no larger than it must be (`Lines`
+/// takes no room) and frame operations exist only on a queue of frames.
+pub trait Kind: Default {
     const FRAMES: bool;
+    /// Where the frames are, in a queue of frames.
+    fn framing(&self) -> Framing;
 }
 
 /// Client lines, control lines: any bytes, coalesced into small chunks.
-#[derive(Debug)]
-pub enum Lines {}
+#[derive(Debug, Default)]
+pub struct Lines;
 
-/// Channel-protocol frames: one owned chunk, cut only at frame starts.
+/// Frames (of the channel protocol by default, or NATS operations): one
+/// owned chunk, cut only at frame starts.
 #[derive(Debug)]
-pub enum Frames {}
+pub struct Frames(pub Framing);
+
+impl Default for Frames {
+    fn default() -> Frames {
+        Frames(frame::FRAMING)
+    }
+}
 
 impl Kind for Lines {
     const FRAMES: bool = false;
+    fn framing(&self) -> Framing {
+        unreachable!("a queue of lines has no frames")
+    }
 }
 
 impl Kind for Frames {
     const FRAMES: bool = true;
+    fn framing(&self) -> Framing {
+        self.0
+    }
 }
 
 #[derive(Debug)]
@@ -85,12 +100,12 @@ pub struct Outbound<K: Kind = Lines> {
     head: usize,
     /// Bytes not yet written.
     queued: usize,
-    _kind: PhantomData<K>,
+    kind: K,
 }
 
 impl<K: Kind> Default for Outbound<K> {
     fn default() -> Self {
-        Outbound { chunks: VecDeque::new(), head: 0, queued: 0, _kind: PhantomData }
+        Outbound { chunks: VecDeque::new(), head: 0, queued: 0, kind: K::default() }
     }
 }
 
@@ -98,7 +113,12 @@ impl<K: Kind> Outbound<K> {
     /// A queue taken over from another process: `bytes`, of which the first
     /// `written` were already sent (see `parts`).
     pub fn from_parts(bytes: Vec<u8>, written: usize) -> Self {
-        let mut q = Self::default();
+        Self::from_parts_of(K::default(), bytes, written)
+    }
+
+    /// Like `from_parts`, for a queue of this kind.
+    pub fn from_parts_of(kind: K, bytes: Vec<u8>, written: usize) -> Self {
+        let mut q = Outbound { kind, ..Self::default() };
         if !bytes.is_empty() {
             q.head = written.min(bytes.len());
             q.queued = bytes.len() - q.head;
@@ -112,7 +132,7 @@ impl<K: Kind> Outbound<K> {
     /// many of them were written already.
     pub fn parts(&self) -> (Vec<u8>, usize) {
         let Some(front) = self.chunks.front() else { return (Vec::new(), 0) };
-        let cut = if K::FRAMES { frame::start_of(front.bytes(), self.head) } else { self.head };
+        let cut = if K::FRAMES { self.kind.framing().start_of(front.bytes(), self.head) } else { self.head };
         let mut out = Vec::with_capacity(self.queued + self.head - cut);
         out.extend_from_slice(&front.bytes()[cut..]);
         self.chunks.iter().skip(1).for_each(|c| out.extend_from_slice(c.bytes()));
@@ -214,7 +234,7 @@ impl<K: Kind> Outbound<K> {
         if let Some(Chunk::Owned(v)) = self.chunks.front_mut().filter(|_| K::FRAMES) {
             // Keep a buffer of frames from growing while its front is written.
             if self.head > v.len() / 2 {
-                let cut = frame::start_of(v, self.head);
+                let cut = self.kind.framing().start_of(v, self.head);
                 v.drain(..cut);
                 self.head -= cut;
             }
@@ -254,17 +274,32 @@ impl Outbound<Frames> {
         }
     }
 
-    /// Appends one frame.
+    /// A queue of frames found by `framing`.
+    pub fn of(framing: Framing) -> Self {
+        Outbound { kind: Frames(framing), ..Self::default() }
+    }
+
+    /// The queue's framing (a successor's queue takes the same).
+    pub fn kind(&self) -> Frames {
+        Frames(self.kind.0)
+    }
+
+    /// Appends one channel-protocol frame.
     pub fn push_frame(&mut self, f: frame::Frame<'_>) {
+        self.push_frames(|v| f.encode(v));
+    }
+
+    /// Appends whole frames, which `encode` writes.
+    pub fn push_frames(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
         match self.chunks.back_mut() {
             Some(Chunk::Owned(v)) => {
                 let before = v.len();
-                f.encode(v);
+                encode(v);
                 self.queued += v.len() - before;
             }
             _ => {
                 let mut v = Vec::new();
-                f.encode(&mut v);
+                encode(&mut v);
                 self.queued += v.len();
                 self.chunks.push_back(Chunk::Owned(v));
             }
@@ -285,8 +320,9 @@ impl Outbound<Frames> {
     /// written so the stream stays whole. Returns the publishes dropped.
     pub fn discard_unsent(&mut self) -> u64 {
         let Some(Chunk::Owned(v)) = self.chunks.front_mut() else { return 0 };
-        let keep = frame::end_of(v, self.head);
-        let dropped = frame::count_publishes(&v[keep..]);
+        let f = self.kind.0;
+        let keep = f.end_of(v, self.head);
+        let dropped = f.count_publishes(&v[keep..]);
         v.truncate(keep);
         self.queued = keep - self.head;
         dropped
@@ -297,21 +333,21 @@ impl Outbound<Frames> {
     /// half cannot be resent.
     pub fn keep_unstarted_publishes(&mut self) -> u64 {
         let (buf, written) = self.frames();
-        let (kept, lost) = frame::unstarted_publishes(buf, written);
-        *self = Outbound::from_parts(kept, 0);
+        let (kept, lost) = self.kind.0.unstarted_publishes(buf, written);
+        *self = Outbound::from_parts_of(Frames(self.kind.0), kept, 0);
         lost
     }
 
     /// Publishes asking for a confirm not yet written in full.
     pub fn count_confirms(&self) -> u64 {
         let (buf, written) = self.frames();
-        frame::count_confirms(&buf[frame::start_of(buf, written)..])
+        frame::count_confirms(&buf[self.kind.0.start_of(buf, written)..])
     }
 
     /// Frames not yet written in full, the one being written included.
     pub fn count_frames(&self) -> u64 {
         let (buf, written) = self.frames();
-        frame::count(&buf[frame::start_of(buf, written)..])
+        self.kind.0.count(&buf[self.kind.0.start_of(buf, written)..])
     }
 }
 

@@ -4,8 +4,9 @@
 
 use std::process::ExitCode;
 
-use crate::config::{load_secret, Role};
+use crate::config::{load_nats_auth, load_secret, Role};
 use crate::runtime::Worker;
+use pubsub::nats_bus::NatsBus;
 
 pub mod channel;
 pub mod pubsub;
@@ -25,7 +26,20 @@ pub fn serve(worker: Worker) -> ExitCode {
     };
     match worker.config.role.clone() {
         Role::PubSub(p) => {
-            let svc = pubsub::PubSub::new(&worker.config.title, p, secret.unwrap_or_default());
+            let nats = match p.nats.is_empty() {
+                true => None,
+                false => match load_nats_auth(p.bus_credentials.as_ref()) {
+                    Ok(auth) => {
+                        let name = format!("{}[{}]", worker.config.name, std::process::id());
+                        Some(Box::new(NatsBus::new(p.nats.clone(), auth, name)))
+                    }
+                    Err(e) => {
+                        log::error!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let svc = pubsub::PubSub::new(&worker.config.title, p, secret.unwrap_or_default(), nats);
             worker.run(svc)
         }
         Role::Channel(c) => worker.run(channel::ChannelServer::new(c, secret)),

@@ -27,6 +27,10 @@ impl PubSub {
             Ok(None) => return,
             Err(msg) => return self.clients.error(key, &msg),
         };
+        if self.link.nats.is_some() && command::numbered(&cmd) {
+            // Numbers, retention and confirms are the channel server's.
+            return self.clients.error(key, reply::NOT_ON_NATS);
+        }
         match cmd {
             Command::Publish(message) => {
                 let topic = std::mem::take(&mut self.default_topic);
@@ -88,8 +92,10 @@ impl PubSub {
         if let Some(confirm) = confirm {
             self.clients.slab[key].replies.hold_answer(confirm.token);
         }
-        self.link.publish(topic, message, confirm);
-        self.clients.counters.msgs_in += 1;
+        match self.link.publish(topic, message, confirm) {
+            Ok(()) => self.clients.counters.msgs_in += 1,
+            Err(why) => self.clients.error(key, &why),
+        }
     }
 
     /// A token for an answer that comes later.
@@ -179,6 +185,8 @@ mod tests {
     fn service_with_client() -> (PubSub, mio::Poll, std::net::TcpStream) {
         let cfg = PubSubConfig {
             channel: "127.0.0.1:9".parse().unwrap(),
+            nats: Vec::new(),
+            bus_credentials: None,
             topic: "topic1".into(),
             max_line: 1024,
             max_send_queue: 1 << 20,
@@ -186,7 +194,7 @@ mod tests {
             max_link_buffer: 4 << 20,
             secret_file: None,
         };
-        let mut svc = PubSub::new("Test", cfg, Vec::new());
+        let mut svc = PubSub::new("Test", cfg, Vec::new(), None);
         let poll = mio::Poll::new().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let far = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use log::{debug, error};
 
 use super::clients::{Clients, Wire};
-use super::link::{Asker, Link, LinkError};
+use super::link::{Asker, BusEvent, Link, LinkError};
 use super::queues;
 use super::topics::{Cursor, TopicId, Topics};
 use crate::config::Lagging;
@@ -45,6 +45,9 @@ impl Batches {
     /// Handles every whole frame the link has read. Lines for one topic are
     /// gathered into that topic's batch and delivered once per read.
     pub fn on_frames(&mut self, link: &mut Link, topics: &mut Topics, clients: &mut Clients) -> Result<(), LinkError> {
+        if link.nats.is_some() {
+            return self.on_nats(link, topics, clients);
+        }
         loop {
             let frame = match link.reader.next_frame() {
                 Ok(Some((frame, _))) => frame,
@@ -52,46 +55,7 @@ impl Batches {
                 Err(e) => return Err(LinkError::BadFrame(e)),
             };
             match frame {
-                Frame::Msg { seq, topic, message } => {
-                    // Runs of one topic are the common case: skip the hash.
-                    let id = match self.touched.last() {
-                        Some(&id) if *topics.get(id).name == *topic => id,
-                        _ => match topics.find(topic) {
-                            Some(id) => id,
-                            None => continue,
-                        },
-                    };
-                    let t = topics.get_mut(id);
-                    if seq < t.next {
-                        continue; // delivered already (numbered before our SUB took effect)
-                    }
-                    if seq > t.next && t.next != 0 {
-                        // Numbers the link skipped: the live readers fetch them.
-                        let pos = t.next;
-                        self.deliver(topics, clients);
-                        topics.all_behind(id, pos);
-                        self.behind(id);
-                    }
-                    let t = topics.get_mut(id);
-                    if t.cursors.iter().any(|c| c.fetching.is_none() && c.pos == seq) {
-                        // Positions waiting for this very number (a resume from
-                        // ahead) go live here, after the lines before it.
-                        self.deliver(topics, clients);
-                        topics.join(id, seq);
-                    }
-                    let t = topics.get_mut(id);
-                    t.next = seq + 1;
-                    if t.subscribers.is_empty() {
-                        continue;
-                    }
-                    if t.batch.is_empty() {
-                        self.touched.push(id);
-                    }
-                    reply::received(&mut t.batch, topic, message);
-                    let end = t.batch.len() - 1;
-                    t.batch_index.push((seq, (end - message.len()) as u32, end as u32));
-                    t.batch_msgs += 1;
-                }
+                Frame::Msg { seq, topic, message } => self.gather(topics, clients, topic, Some(seq), message),
                 Frame::SubAck { next, topic } => {
                     // Subscribers confirmed now must not get lines from before.
                     self.deliver(topics, clients);
@@ -153,6 +117,74 @@ impl Batches {
         }
         self.deliver(topics, clients);
         self.pump(link, topics, clients);
+        Ok(())
+    }
+
+    /// Adds a message to its topic's batch. `seq` is the channel server's
+    /// number (none on NATS, whose messages are not numbered).
+    fn gather(&mut self, topics: &mut Topics, clients: &mut Clients, topic: &[u8], seq: Option<u64>, message: &[u8]) {
+        // Runs of one topic are the common case: skip the hash.
+        let id = match self.touched.last() {
+            Some(&id) if *topics.get(id).name == *topic => id,
+            _ => match topics.find(topic) {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        if let Some(seq) = seq {
+            let t = topics.get_mut(id);
+            if seq < t.next {
+                return; // delivered already (numbered before our SUB took effect)
+            }
+            if seq > t.next && t.next != 0 {
+                // Numbers the link skipped: the live readers fetch them.
+                let pos = t.next;
+                self.deliver(topics, clients);
+                topics.all_behind(id, pos);
+                self.behind(id);
+            }
+            topics.get_mut(id).next = seq + 1;
+        }
+        let t = topics.get_mut(id);
+        if t.subscribers.is_empty() {
+            return;
+        }
+        if t.batch.is_empty() {
+            self.touched.push(id);
+        }
+        reply::received(&mut t.batch, topic, message);
+        let end = t.batch.len() - 1;
+        t.batch_index.push((seq.unwrap_or(0), (end - message.len()) as u32, end as u32));
+        t.batch_msgs += 1;
+    }
+
+    /// Handles every whole operation a NATS server sent: messages into their
+    /// topics' batches, the PONGs that confirm subscriptions.
+    fn on_nats(&mut self, link: &mut Link, topics: &mut Topics, clients: &mut Clients) -> Result<(), LinkError> {
+        while let Some(bus) = &mut link.nats {
+            let event = match bus.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => return Err(LinkError::BadInput(e)),
+            };
+            match event {
+                BusEvent::Message { topic, message } => self.gather(topics, clients, &topic, None, message),
+                BusEvent::Subscribed(topic) => {
+                    // Subscribers confirmed now must not get lines from before.
+                    self.deliver(topics, clients);
+                    if let Some((id, confirmed)) = topics.acknowledge(&topic, 0) {
+                        for (key, from) in confirmed {
+                            clients.confirm(key, &topic);
+                            topics.place(id, key, from);
+                        }
+                    }
+                }
+                BusEvent::Up => link.nats_up(),
+                BusEvent::Ping => link.pong(),
+                BusEvent::Nothing => {}
+            }
+        }
+        self.deliver(topics, clients);
         Ok(())
     }
 

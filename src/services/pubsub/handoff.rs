@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clients::{mark_dirty, Client, Replies, Wire};
 use super::link::{Asker, Confirm, Link, LinkError, State, TOKEN};
+use super::nats_bus::Session;
 use super::queues::Consuming;
 use super::topics::{Cursor, Topic, Topics};
 use super::PubSub;
@@ -38,7 +39,8 @@ impl Payload for Msg {
     /// 5: a client's input is sniffing, lines, WebSocket or HTTP.
     /// 6: numbered messages: client flags, answers held, positions, what the
     /// link owes. 7: work-queue consumers, a count of answers held.
-    const FORMAT: u8 = 7;
+    /// 8: the link's reconnects and NATS session.
+    const FORMAT: u8 = 8;
 }
 
 /// A client connection in flight (its socket travels with it).
@@ -59,7 +61,7 @@ pub struct ClientState {
     pub confirm: bool,
 }
 
-/// The channel link and the topics. Sent after every client, whose ids the
+/// The bus link and the topics. Sent after every client, whose ids the
 /// topics refer to.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LinkState {
@@ -76,6 +78,9 @@ pub struct LinkState {
     pub requests: Vec<(u32, Asker)>,
     pub next_req: u32,
     pub next_token: u64,
+    pub reconnects: u64,
+    /// On a NATS bus: the servers, subscriptions and PINGs in flight.
+    pub nats: Option<Session>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,11 +128,16 @@ impl PubSub {
             requests: link.owed.requests.iter().cloned().collect(),
             next_req: link.owed.next_req,
             next_token: self.next_token,
+            reconnects: link.reconnects,
+            nats: link.nats.as_ref().map(|bus| bus.export()),
         };
         let stream = match (&link.stream, link.schedule.state) {
             (Some(s), State::Up) => {
                 state.out = link.out.parts();
-                state.unparsed = link.reader.unparsed().to_vec();
+                state.unparsed = match &link.nats {
+                    Some(bus) => bus.unparsed().to_vec(),
+                    None => link.reader.unparsed().to_vec(),
+                };
                 Some(s)
             }
             // Not connected: nothing has been written since the link broke.
@@ -196,7 +206,8 @@ impl PubSub {
                 self.link.epoch = l.epoch;
                 self.next_token = l.next_token;
                 let stream = fd.map(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
-                adopt_link(&mut self.link, reg, stream, l.out, l.unparsed, l.lost);
+                self.link.reconnects = l.reconnects;
+                adopt_link(&mut self.link, reg, stream, l.out, l.unparsed, l.lost, l.nats);
                 for (key, c) in self.clients.slab.iter_mut() {
                     reg.register(&mut c.stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
                     mark_dirty(&mut self.clients.dirty, c, key);
@@ -217,14 +228,21 @@ fn adopt_link(
     out: (Vec<u8>, usize),
     unparsed: Vec<u8>,
     lost: u64,
+    nats: Option<Session>,
 ) {
     let now = Instant::now();
     link.lost = lost;
-    link.out = Outbound::from_parts(out.0, out.1);
+    link.out = Outbound::from_parts_of(link.out.kind(), out.0, out.1);
+    if let (Some(bus), Some(session)) = (&mut link.nats, nats) {
+        bus.adopt(session, Vec::new());
+    }
     match stream {
         Some(mut s) => match reg.register(&mut s, TOKEN, Interest::READABLE | Interest::WRITABLE) {
             Ok(()) => {
-                link.reader = FrameReader::with_bytes(unparsed);
+                match &mut link.nats {
+                    Some(bus) => bus.adopt_input(unparsed),
+                    None => link.reader = FrameReader::with_bytes(unparsed),
+                }
                 link.stream = Some(s);
                 link.schedule.up();
                 link.schedule.heard(now);

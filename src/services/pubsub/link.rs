@@ -11,6 +11,7 @@
 //! When to connect is the `Schedule`, apart from the socket and given the
 //! time, so that its rules are tested without either.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -21,7 +22,9 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
+use super::nats_bus::NatsBus;
 use crate::protocol::frame::{DecodeError, Frame, FrameReader, VERSION};
+use crate::protocol::nats;
 use crate::runtime::event_loop::SERVICE;
 use crate::runtime::outbound::{Frames, Outbound};
 
@@ -48,6 +51,10 @@ pub enum LinkError {
     Unexpected(String),
     /// Nothing heard for DEAD_AFTER, a PING included.
     Silent,
+    /// The next NATS server's name does not resolve.
+    Resolve(String),
+    /// A NATS server sent what the protocol does not allow.
+    BadInput(nats::Error),
 }
 
 impl fmt::Display for LinkError {
@@ -59,7 +66,9 @@ impl fmt::Display for LinkError {
             LinkError::BadFrame(e) => write!(f, "bad frame from the channel server: {e}"),
             LinkError::Refused(why) => write!(f, "refused by the channel server: {why}"),
             LinkError::Unexpected(what) => write!(f, "unexpected frame from the channel server: {what}"),
-            LinkError::Silent => write!(f, "no answer from the channel server for {DEAD_AFTER:?}"),
+            LinkError::Silent => write!(f, "no answer from the server for {DEAD_AFTER:?}"),
+            LinkError::Resolve(name) => write!(f, "cannot resolve {name}"),
+            LinkError::BadInput(e) => write!(f, "bad input from the NATS server: {e}"),
         }
     }
 }
@@ -156,9 +165,11 @@ impl Schedule {
         self.welcomed = true;
     }
 
-    /// Lost: retry after the backoff, which doubles up to MAX_BACKOFF.
-    pub fn down(&mut self, now: Instant) {
-        self.state = State::Down { retry_at: now + self.backoff };
+    /// Lost: retry after the backoff, which doubles up to MAX_BACKOFF; with
+    /// `at_once`, a link that was up retries without waiting first.
+    pub fn down(&mut self, now: Instant, at_once: bool) {
+        let delay = if at_once && self.state == State::Up { Duration::ZERO } else { self.backoff };
+        self.state = State::Down { retry_at: now + delay };
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
@@ -201,6 +212,26 @@ pub struct Confirm {
     pub token: u64,
 }
 
+/// What a NATS server sent, for the worker.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BusEvent<'a> {
+    Message {
+        topic: Cow<'a, [u8]>,
+        message: &'a [u8],
+    },
+    /// A subscription is in effect: a publish made from now on reaches it.
+    Subscribed(Cow<'a, [u8]>),
+    /// The server accepted this worker.
+    Up,
+    /// The server asks whether we are alive: answer with `pong`.
+    Ping,
+    /// Nothing for the worker (`+OK`, a later INFO, a message for a topic it left).
+    Nothing,
+}
+
+/// The link to the channel server (`addr`, `secret`, `reader`), or, with
+/// `nats`, to a NATS cluster: the same queue, schedule and handoff, another
+/// protocol.
 pub struct Link {
     pub(super) addr: SocketAddr,
     secret: Vec<u8>,
@@ -215,6 +246,11 @@ pub struct Link {
     /// The channel server's epoch, from its last WELCOME (0: none yet).
     pub epoch: u64,
     pub owed: Owed,
+    /// On a NATS bus: its servers, subscriptions and input.
+    pub nats: Option<Box<NatsBus>>,
+    /// Times the link broke after it had been up: each a gap during which
+    /// this worker's subscriptions were not in effect.
+    pub reconnects: u64,
 }
 
 /// What is owed on the link: answers the channel server will send.
@@ -243,13 +279,18 @@ impl Owed {
 }
 
 impl Link {
-    pub fn new(addr: SocketAddr, secret: Vec<u8>, max_buffer: usize, now: Instant) -> Link {
+    pub fn new(addr: SocketAddr, secret: Vec<u8>, nats: Option<Box<NatsBus>>, max_buffer: usize, now: Instant) -> Link {
         Link {
             addr,
             secret,
             stream: None,
             schedule: Schedule::new(now),
-            out: Outbound::default(),
+            out: match nats {
+                Some(_) => Outbound::of(nats::FRAMING),
+                None => Outbound::default(),
+            },
+            nats,
+            reconnects: 0,
             reader: FrameReader::default(),
             max_buffer,
             lost: 0,
@@ -267,6 +308,14 @@ impl Link {
         }
     }
 
+    /// Which bus, and where: `channel 127.0.0.1:2206`, `nats 10.0.0.5:4222`.
+    pub fn describe(&self) -> String {
+        match &self.nats {
+            Some(bus) => format!("nats {}", bus.server()),
+            None => format!("channel {}", self.addr),
+        }
+    }
+
     /// More publishes are buffered than allowed: stop reading from publishers.
     pub fn congested(&self) -> bool {
         self.out.queued() > self.max_buffer
@@ -281,10 +330,17 @@ impl Link {
         self.schedule.is_up()
     }
 
-    /// Queues a publish; it waits in the buffer while the link is down.
-    pub fn publish(&mut self, topic: &[u8], message: &[u8], confirm: Option<Confirm>) {
+    /// Queues a publish; it waits in the buffer while the link is down. An
+    /// error is the text of the publisher's `ERR` line.
+    pub fn publish(&mut self, topic: &[u8], message: &[u8], confirm: Option<Confirm>) -> Result<(), String> {
+        if let Some(bus) = &mut self.nats {
+            bus.check_publish(message)?;
+            self.out.push_frames(|v| bus.publish(topic, message, v));
+            return Ok(());
+        }
         self.out.push_frame(Frame::Publish { confirm: confirm.is_some(), topic, message });
         self.owed.confirms.extend(confirm);
+        Ok(())
     }
 
     /// Queues a FETCH or INFO, built by `frame` from the request id; returns
@@ -301,11 +357,23 @@ impl Link {
         Some(req)
     }
 
-    /// Queues SUB/UNSUB. Skipped while down: `connect` subscribes afresh.
+    /// Queues SUB/UNSUB (on NATS, their NATS operations). Skipped while
+    /// down: `connect` subscribes afresh.
     pub fn control(&mut self, frame: Frame<'_>) {
-        if self.stream.is_some() {
-            self.out.push_frame(frame);
+        if self.stream.is_none() {
+            return;
         }
+        match (&mut self.nats, frame) {
+            (None, frame) => self.out.push_frame(frame),
+            (Some(bus), Frame::Sub { topic, .. }) => self.out.push_frames(|v| bus.subscribe(topic, v)),
+            (Some(bus), Frame::Unsub(topic)) => self.out.push_frames(|v| bus.unsubscribe(topic, v)),
+            (Some(_), other) => debug_assert!(false, "no NATS operation for {other:?}"),
+        }
+    }
+
+    /// Answers a NATS server's PING.
+    pub fn pong(&mut self) {
+        self.out.push_frames(|v| v.extend_from_slice(nats::PONG));
     }
 
     pub fn due(&self, now: Instant) -> bool {
@@ -315,7 +383,17 @@ impl Link {
     /// Connects, queueing the hello and a SUB for each topic (from the next
     /// number wanted) ahead of the buffered publishes.
     pub fn connect(&mut self, reg: &Registry, topics: &[(&[u8], u64)], now: Instant) {
-        let mut stream = match TcpStream::connect(self.addr) {
+        let addr = match &mut self.nats {
+            None => self.addr,
+            Some(bus) => match bus.next_server() {
+                Some(addr) => addr,
+                None => {
+                    let name = bus.server().to_owned();
+                    return self.down(reg, LinkError::Resolve(name), now);
+                }
+            },
+        };
+        let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => return self.down(reg, LinkError::Connect(e), now),
         };
@@ -325,9 +403,14 @@ impl Link {
             return self.down(reg, LinkError::Io(e), now);
         }
         let mut head = Vec::new();
-        Frame::Hello { version: VERSION, secret: &self.secret }.encode(&mut head);
-        for &(topic, from) in topics {
-            Frame::Sub { from, topic }.encode(&mut head);
+        match &mut self.nats {
+            Some(bus) => bus.hello(topics.iter().map(|t| t.0), &mut head),
+            None => {
+                Frame::Hello { version: VERSION, secret: &self.secret }.encode(&mut head);
+                for &(topic, from) in topics {
+                    Frame::Sub { from, topic }.encode(&mut head);
+                }
+            }
         }
         self.out.push_front(head);
         self.stream = Some(stream);
@@ -363,10 +446,18 @@ impl Link {
         self.warned = false;
     }
 
-    /// One read into the frame reader: the number of bytes, or why the link is down.
+    /// A NATS server accepted our CONNECT.
+    pub fn nats_up(&mut self) {
+        info!("bus link up ({})", self.describe());
+        self.schedule.welcomed();
+        self.warned = false;
+    }
+
+    /// One read into the input buffer: the number of bytes, or why the link is down.
     pub fn read(&mut self) -> io::Result<usize> {
-        let n = match &mut self.stream {
-            Some(s) if self.schedule.state == State::Up => self.reader.read_from(s)?,
+        let n = match (&mut self.stream, &mut self.nats) {
+            (Some(s), Some(bus)) if self.schedule.state == State::Up => bus.input.read_from(s)?,
+            (Some(s), None) if self.schedule.state == State::Up => self.reader.read_from(s)?,
             _ => return Err(io::ErrorKind::WouldBlock.into()),
         };
         if n > 0 {
@@ -379,7 +470,10 @@ impl Link {
     pub fn check_alive(&mut self, reg: &Registry, now: Instant) {
         match self.schedule.liveness(now) {
             Liveness::Fine => {}
-            Liveness::Ping => self.out.push_frame(Frame::Ping),
+            Liveness::Ping => match &mut self.nats {
+                Some(bus) => self.out.push_frames(|v| bus.ping(v)),
+                None => self.out.push_frame(Frame::Ping),
+            },
             Liveness::Dead => self.down(reg, LinkError::Silent, now),
         }
     }
@@ -405,17 +499,23 @@ impl Link {
             let _ = reg.deregister(&mut s);
         }
         if !self.warned {
-            warn!("channel link to {} down: {why}; reconnecting", self.addr);
+            warn!("bus link ({}) down: {why}; reconnecting", self.describe());
             self.warned = true;
         }
         self.keep_unstarted();
-        self.schedule.down(now);
+        self.reconnects += u64::from(self.schedule.state == State::Up);
+        // A NATS link that breaks moves to the next server of the cluster at
+        // once: every millisecond is a millisecond of messages missed.
+        self.schedule.down(now, self.nats.is_some());
     }
 
     /// After a break: only the publishes not yet started stay queued; what
     /// went out and is owed an answer is given up (`Owed::broken`).
     fn keep_unstarted(&mut self) {
         self.lost += self.out.keep_unstarted_publishes();
+        if self.nats.is_some() {
+            return; // nothing is owed on NATS: no confirms, no requests
+        }
         let kept = self.out.count_confirms() as usize;
         let o = &mut self.owed;
         let gone = o.confirms.len().saturating_sub(kept);
@@ -447,7 +547,7 @@ mod tests {
         let mut retries = Vec::new();
         for _ in 0..7 {
             s.state = State::Connecting;
-            s.down(t0);
+            s.down(t0, false);
             let State::Down { retry_at } = s.state else { panic!() };
             assert!(!s.due(retry_at - Duration::from_millis(1)) && s.due(retry_at));
             assert_eq!(s.next_deadline(), Some(retry_at));
@@ -455,8 +555,13 @@ mod tests {
         }
         assert_eq!(retries, [50, 100, 200, 400, 800, 1000, 1000]);
         s.up();
+        s.down(t0, true);
+        assert_eq!(s.state, State::Down { retry_at: t0 }, "a NATS link that broke retries at once");
+        s.down(t0, true);
+        assert!(!s.due(t0), "a failed retry backs off");
+        s.up();
         s.welcomed();
-        s.down(t0);
+        s.down(t0, false);
         assert_eq!(s.state, State::Down { retry_at: t0 + MIN_BACKOFF });
     }
 
@@ -478,7 +583,7 @@ mod tests {
         s.heard(t1);
         assert_eq!(s.liveness(t1 + PING_AFTER), Liveness::Ping);
         assert_eq!(s.liveness(t1 + DEAD_AFTER), Liveness::Dead);
-        s.down(t1 + DEAD_AFTER);
+        s.down(t1 + DEAD_AFTER, false);
         assert_eq!(s.liveness(t1 + 2 * DEAD_AFTER), Liveness::Fine, "nothing to check while down");
     }
 }

@@ -38,6 +38,7 @@ mod commands;
 mod fanout;
 pub mod handoff;
 mod link;
+pub mod nats_bus;
 mod queues;
 mod topics;
 
@@ -66,14 +67,15 @@ pub struct PubSub {
 }
 
 impl PubSub {
-    pub fn new(title: &str, cfg: PubSubConfig, secret: Vec<u8>) -> PubSub {
+    /// A service on the channel server (`nats` none) or on a NATS cluster.
+    pub fn new(title: &str, cfg: PubSubConfig, secret: Vec<u8>, nats: Option<Box<nats_bus::NatsBus>>) -> PubSub {
         PubSub {
             welcome: reply::welcome(title),
             default_topic: cfg.topic.into_bytes(),
             max_line: cfg.max_line,
             clients: Clients::new(cfg.max_send_queue, cfg.lagging),
             topics: Topics::default(),
-            link: Link::new(cfg.channel, secret, cfg.max_link_buffer, Instant::now()),
+            link: Link::new(cfg.channel, secret, nats, cfg.max_link_buffer, Instant::now()),
             batches: Batches::default(),
             read_buf: vec![0; READ_BUF],
             next_id: 1,
@@ -359,6 +361,8 @@ impl Service for PubSub {
             gaps: c.gaps,
             lagging: c.lagging,
             link: self.link.state_name().into(),
+            bus: self.link.describe(),
+            bus_reconnects: self.link.reconnects,
             ..Default::default()
         }
     }
