@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-cargo build --release --quiet
-B=target/release
+cargo build --profile bench-release
+B=target/bench-release
 D=$(mktemp -d)
 trap 'for x in p s ch; do "$B/subscriber" stop --pid-file "$D/$x.pid" >/dev/null 2>&1 || true; done; rm -rf "$D"' EXIT
 addr() { grep -o '127\.0\.0\.1:[0-9]*' | head -1; }

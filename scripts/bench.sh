@@ -70,9 +70,9 @@ log() { echo "bench.sh: $*" >&2; }
 
 # ── binaries ──────────────────────────────────────────────────────────────
 if [ -z "$BIN_DIR" ]; then
-    log "building (cargo build --release)"
-    cargo build --release --quiet
-    BIN_DIR=target/release
+    log "building (cargo build --profile bench-release: LTO, a few minutes the first time)"
+    cargo build --profile bench-release
+    BIN_DIR=target/bench-release
     FANOUT_REV=${FANOUT_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src bin 2>/dev/null || echo '+changes')}
 fi
 FANOUT_REV=${FANOUT_REV:-"binaries in $BIN_DIR"}
