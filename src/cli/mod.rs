@@ -297,18 +297,22 @@ fn call(pid_file: &std::path::Path, req: &Request, timeout: Duration) -> std::io
         Err(e) if matches!(e.kind(), NotFound | ConnectionRefused) => {
             let pid = pidfile::read_pid(pid_file)?.ok_or(e)?;
             log::warn!("the control socket is gone; asking the master (pid {pid}) to bind it again");
-            let sock = control::socket_path(pid_file);
-            let before = std::fs::metadata(&sock).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
             let master = nix::unistd::Pid::from_raw(pid as i32);
             nix::sys::signal::kill(master, nix::sys::signal::SIGUSR2)?;
-            // Nothing to wait on for a file to appear but the file.
+            // Nothing to wait on but the socket itself, and its file is not
+            // enough: it appears at bind(2), and connecting is refused until
+            // listen(2) follows. A refused connect sent nothing: retry it.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::fs::metadata(&sock).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m)) == before
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(5));
+            loop {
+                match control::call(pid_file, req, timeout) {
+                    Err(e)
+                        if matches!(e.kind(), NotFound | ConnectionRefused) && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    other => return other,
+                }
             }
-            control::call(pid_file, req, timeout)
         }
         other => other,
     }
