@@ -39,6 +39,8 @@ pub enum Cmd {
     /// Subscribe many topics from many connections while a publisher streams on
     /// an unrelated topic: the subscription rate and that stream's latency
     Storm(storm::StormArgs),
+    /// A work queue: one producer, consumers acking every job (jobs/s, enqueue->job latency)
+    Jobs(crate::jobs::JobsArgs),
     /// The reading side of `floor` (started by it)
     #[command(hide = true)]
     FloorRead(floor::FloorReadArgs),

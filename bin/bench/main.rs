@@ -32,6 +32,7 @@ mod conn;
 mod floor;
 mod hist;
 mod hop;
+mod jobs;
 mod payload;
 mod procfs;
 mod proto;
@@ -78,6 +79,13 @@ fn main() {
             |_| 0,
         ),
         Cmd::Storm(args) => storm::storm(&args).map_or_else(
+            |e| {
+                eprintln!("fanout-bench: {e}");
+                1
+            },
+            |_| 0,
+        ),
+        Cmd::Jobs(args) => jobs::jobs(&args).map_or_else(
             |e| {
                 eprintln!("fanout-bench: {e}");
                 1
