@@ -318,3 +318,22 @@ fn the_php_and_python_examples() {
     expect_queues(&mut check, &[]);
     c.stop();
 }
+
+/// Past --max-queue-jobs an enqueue is refused with one ERR line, never
+/// dropped in silence; the connection goes on.
+#[test]
+fn a_full_queue_refuses_enqueues() {
+    let c = Cluster::start_with(1, 1, &["--max-queue-jobs", "2"], &[], &[]);
+    let mut p = c.source.connect();
+    for m in ["a", "b", "c"] {
+        p.send(&format!("enqueue full {m}"));
+    }
+    p.expect("OK enqueued full#1");
+    p.expect("OK enqueued full#2");
+    let refused = p.line();
+    assert!(refused.starts_with("ERR queue full: 'full' holds 2 jobs"), "{refused}");
+    p.send("enqueue other d");
+    p.expect("OK enqueued other#1");
+    expect_queues(&mut p, &["full ready 2 unacked 0 consumers 0", "other ready 1 unacked 0 consumers 0"]);
+    c.stop();
+}
