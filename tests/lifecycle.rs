@@ -294,3 +294,25 @@ fn signals_for_the_master_sent_to_the_whole_group_leave_workers_alone() {
     assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "a worker died: {status}");
     c.stop();
 }
+
+#[test]
+fn status_into_a_closed_pipe_ends_quietly() {
+    // `status --json | grep -q up`: grep may go before status has printed.
+    // A pipe whose reader is already closed makes that certain.
+    use std::os::unix::process::ExitStatusExt;
+    let _slot = slot();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("subscriber", dir.path(), &["--channel", "127.0.0.1:9"]);
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    for query in ["status", "connections"] {
+        let out = Command::new(bin("subscriber"))
+            .args([query, "--json", "--pid-file", server.pid_file.to_str().unwrap()])
+            .stdout(Stdio::from(write.try_clone().unwrap()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{query} panicked on a closed pipe: {stderr}");
+        assert_eq!(out.status.signal(), Some(Signal::SIGPIPE as i32), "{query}: {:?} {stderr}", out.status);
+    }
+}

@@ -50,8 +50,14 @@ pub fn main<E: RoleArgs>(spec: &Spec) -> ExitCode {
             self::stop(spec, &stop).and_then(|_| self::start(spec, &start))
         }
         Command::Reload(target) => reload(spec, &target),
-        Command::Status(q) => status(spec, &q),
-        Command::Connections(q) => connections(spec, &q),
+        Command::Status(q) => {
+            quiet_on_closed_pipe();
+            status(spec, &q)
+        }
+        Command::Connections(q) => {
+            quiet_on_closed_pipe();
+            connections(spec, &q)
+        }
     };
     match result {
         Ok(code) => code,
@@ -415,4 +421,16 @@ fn print_status(s: &Status) {
             println!("queue {}: ready {} unacked {} consumers {}", q.name, q.ready, q.unacked, q.consumers);
         }
     }
+}
+
+/// `status | head` or `status --json | grep -q`: the reader may go before we
+/// have printed everything. Like every Unix filter, end quietly on SIGPIPE
+/// instead of panicking in `println!` (Rust ignores SIGPIPE by default). Only
+/// for the query commands: the master and its workers keep ignoring it, so a
+/// vanished client is an EPIPE they handle.
+fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler code; this runs on the CLI's only
+    // thread before anything is written.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
