@@ -393,6 +393,10 @@ impl ChannelServer {
     /// Handles the whole frames in `reader`. Returns true if it stopped at
     /// the end of this turn's slice of SUB/UNSUB frames (`subs`), frames left.
     fn on_frames(&mut self, key: usize, reader: &mut FrameReader, subs: &mut usize) -> Result<bool, String> {
+        // The time the store records with each message: once per read is
+        // close enough for retention by age, and a clock read per message
+        // was 3 % of the channel server's time with 1000 topics.
+        let now_ms = wall_ms();
         loop {
             if *subs == 0 {
                 return Ok(true);
@@ -415,7 +419,7 @@ impl ChannelServer {
                 Frame::Publish { confirm, topic, message } => {
                     self.msgs_in += 1;
                     let store = self.store.as_mut().expect("links are read once the store is open");
-                    let a = store.append(topic, message, wall_ms());
+                    let a = store.append(topic, message, now_ms);
                     let st = &mut self.staged;
                     frame::put_msg(&mut st.frames, a.seq, topic, message);
                     if confirm {
