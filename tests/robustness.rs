@@ -607,6 +607,8 @@ fn killed_publisher_worker_is_respawned_and_others_are_undisturbed() {
     });
     let n = reader.count();
     reader.wait_count("deliveries after the fault", n + 4000);
+    // Those may all be b's on a busy machine: c must have written some too.
+    wait_for("publishers b and c under way", || load_b.published() >= 1000 && load_c.published() >= 1000);
     let (total_b, total_c) = (load_b.finish().unwrap(), load_c.finish().unwrap());
     let got = reader.join();
     let mut ended = got.ended.clone();
