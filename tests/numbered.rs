@@ -341,3 +341,38 @@ fn a_subscriber_behind_the_retention_gets_gap_lines() {
     assert_eq!((s["workers"][0]["gaps"].as_u64(), s["workers"][0]["slow_consumers"].as_u64()), (Some(gaps), Some(0)));
     c.stop();
 }
+
+/// A second channel server on a data directory in use is refused at `start`,
+/// with what to do; the first keeps serving.
+#[test]
+fn a_data_directory_in_use_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("log");
+    let first = Server::start("channel-server", dir.path(), &["--data-dir", data.to_str().unwrap()]);
+    first.wait_status("the first server serving", |s| s["workers"][0]["state"] == "running");
+    // The worker opens the directory as it starts; wait until it holds it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !first.log().contains("data directory") {
+        assert!(std::time::Instant::now() < deadline, "the store never opened:\n{}", first.log());
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid_file = dir.path().join("second.pid");
+    let out = cli(
+        "channel-server",
+        &[
+            "start",
+            "-d",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is in use by another channel server; stop it or pass another --data-dir"), "{err}");
+    assert!(first.status()["workers"][0]["state"] == "running");
+    first.stop(&[]);
+}

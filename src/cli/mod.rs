@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::FromArgMatches;
 use log::error;
 
-use crate::config::{load_nats_auth, load_secret, Config, Role, Spec};
+use crate::config::{load_nats_auth, load_secret, ChannelConfig, Config, Role, Spec};
 use crate::master::control::{self, Reply, Request, Status};
 use crate::master::daemon::{self, DaemonEnv};
 use crate::master::pidfile::{self, PidFile};
@@ -88,6 +88,16 @@ fn start<E: RoleArgs>(spec: &Spec, start: &Start<E>) -> Result<ExitCode, String>
             "already running (pid {pid}, pid file {}); stop it first or pass another --pid-file",
             cfg.pid_file.display()
         ));
+    }
+    // The channel worker would wait for the directory's lock (as a reload's
+    // successor does, until its predecessor exits): refuse at once instead.
+    if let Role::Channel(ChannelConfig { data_dir: Some(dir), .. }) = &cfg.role {
+        if crate::store::Store::in_use(dir) {
+            return Err(format!(
+                "data directory {} is in use by another channel server; stop it or pass another --data-dir",
+                dir.display()
+            ));
+        }
     }
     if start.daemon {
         let (pid, addr) = daemon::spawn(&cfg)?;

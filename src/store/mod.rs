@@ -433,6 +433,13 @@ impl Store {
         Appended { seq, ..self.after_append() }
     }
 
+    /// Whether another process has the data directory `dir` open (its lock
+    /// is held): for a command line to refuse at once what `open` would.
+    pub fn in_use(dir: &Path) -> bool {
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(dir.join("lock")) else { return false };
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+    }
+
     /// Moves the numbering of `topic` up so that its next message gets
     /// `next`, if it retains nothing and would number lower: a reader's
     /// position from before a restart without the data directory, so that no
