@@ -482,7 +482,9 @@ fn channel_server_killed_under_load_is_recovered() {
     let dropped = c.source.total("dropped") + c.subscriber.total("dropped");
     for (who, got) in [("remote subscriber", &remote), ("local subscriber", &local)] {
         assert_eq!(got.ended, ["a"], "{who}: {got:?}");
-        assert!(got.other.is_empty(), "{who}: {:?}", got.other);
+        // Without a data directory the restarted server may tell a worker that
+        // numbers it asked for are gone: a GAP line is the honest answer there.
+        assert!(got.other.iter().all(|l| l.starts_with("GAP [topic1] ")), "{who}: {:?}", got.other);
         let seqs = &got.seqs["a"];
         let g = gaps(who, seqs);
         assert_eq!(seqs[0], 0, "{who}");
