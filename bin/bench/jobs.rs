@@ -1,36 +1,61 @@
-//! `fanout-bench jobs`: a work queue under load. One producer enqueues
-//! `--jobs` jobs of `--size` bytes (at most `--window` awaiting their `OK
-//! enqueued`), `--consumers` consumers take them with `--prefetch` and ack
-//! each one. Reports jobs acknowledged per second (first enqueue to last
-//! `OK acked`) and the latency from writing an `enqueue` to reading its job.
-//! Every job must arrive exactly once, on the first try.
+//! `fanout-bench jobs`: a work queue under load, on our servers or on a peer
+//! broker (`--broker`). One producer enqueues `--jobs` jobs of `--size`
+//! bytes (at most `--window` awaiting their confirmation), as fast as that
+//! allows or at a fixed `--rate`; `--consumers` consumers take them with
+//! `--prefetch` and ack each one. Reports jobs acknowledged per second (first
+//! enqueue to last ack) and the latency from writing a job to reading its
+//! delivery. Every job must arrive exactly once, on its first delivery, and
+//! the broker must hold no unacknowledged job at the end.
+//!
+//! The clients are blocking sockets, one thread per connection, and the few
+//! protocol pieces each broker needs are written by hand (jobs/*.rs): a
+//! client crate per broker would be a heavy dependency of a binary that CI
+//! builds, for a handful of commands.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::hist::Hist;
 use crate::payload::{self, now_ns};
 
+mod fanout;
+mod jetstream;
+mod redis;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Broker {
+    /// Our servers: `enqueue` on the data source, `consume` on the subscriber server
+    Fanout,
+    /// Redis Streams: XADD, a consumer group read with XREADGROUP COUNT <prefetch>, XACK per job
+    Redis,
+    /// NATS JetStream: a work-queue stream on file storage, one durable pull consumer
+    Jetstream,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct JobsArgs {
-    /// Where the producer enqueues (the data-source server)
+    #[arg(long, value_enum, default_value = "fanout")]
+    broker: Broker,
+    /// Where the producer enqueues (fanout: the data-source server)
     #[arg(long)]
     producer_addr: String,
-    /// Where the consumers consume (the subscriber server)
+    /// Where the consumers consume (fanout: the subscriber server) [default: --producer-addr]
     #[arg(long)]
-    consumer_addr: String,
+    consumer_addr: Option<String>,
+    /// The queue (Redis: the stream; JetStream: the stream and its subject)
     #[arg(long, default_value = "bench")]
     queue: String,
     #[arg(long, default_value_t = 200_000)]
     jobs: u64,
     #[arg(long, default_value_t = 4)]
     consumers: usize,
+    /// Unacknowledged jobs per consumer, at most
     #[arg(long, default_value_t = 100)]
     prefetch: u32,
     /// Payload bytes (at least 32)
@@ -39,116 +64,216 @@ pub struct JobsArgs {
     /// Enqueues written and not yet confirmed, at most
     #[arg(long, default_value_t = 1000)]
     window: u64,
+    /// Jobs per second, each stamped as it is written; 0: as fast as the
+    /// window allows (a latency measured then is mostly backlog)
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
-fn connect(addr: &str) -> Result<(BufReader<TcpStream>, TcpStream), String> {
+/// What the consumers share: which jobs arrived, and how many were acked.
+pub struct Tally {
+    size: usize,
+    seen: Mutex<Vec<bool>>,
+    acked: AtomicU64,
+}
+
+impl Tally {
+    /// A delivery read at `now`: it must be one of ours, on its first
+    /// delivery, and not seen before; its latency goes to `hist`.
+    fn arrived(&self, body: &[u8], first: bool, now: u64, hist: &mut Hist) -> Result<(), String> {
+        let (seq, ts) = payload::parse(body, self.size)
+            .ok_or_else(|| format!("not a job of this run: {:?}", String::from_utf8_lossy(body)))?;
+        if !first {
+            return Err(format!("job {seq} delivered again"));
+        }
+        match self.seen.lock().unwrap().get_mut(seq as usize) {
+            Some(seen) if !*seen => *seen = true,
+            _ => return Err(format!("job {seq} delivered twice")),
+        }
+        hist.record(now.saturating_sub(ts));
+        Ok(())
+    }
+
+    fn acked(&self, n: u64) {
+        self.acked.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pub type Reader = BufReader<TcpStream>;
+
+pub fn io(e: std::io::Error) -> String {
+    e.to_string()
+}
+
+/// A connection with TCP_NODELAY, as a buffered reader and a writer.
+pub fn connect(addr: &str) -> Result<(Reader, TcpStream), String> {
     let s = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
     let _ = s.set_nodelay(true);
-    let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
-    let mut welcome = String::new();
-    r.read_line(&mut welcome).map_err(|e| e.to_string())?;
-    Ok((r, s))
+    Ok((BufReader::new(s.try_clone().map_err(io)?), s))
 }
 
-fn line(r: &mut BufReader<TcpStream>, buf: &mut String) -> Result<(), String> {
-    buf.clear();
-    match r.read_line(buf) {
-        Ok(0) => Err("connection closed".into()),
-        Ok(_) if buf.starts_with("ERR") => Err(buf.trim_end().to_owned()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
+impl Broker {
+    /// Creates the queue where a broker needs it before use.
+    fn create(self, a: &JobsArgs) -> Result<(), String> {
+        match self {
+            Broker::Fanout => Ok(()),
+            Broker::Redis => redis::create(a),
+            Broker::Jetstream => jetstream::create(a),
+        }
+    }
+
+    /// A producer connection, ready to enqueue.
+    fn producer(self, a: &JobsArgs) -> Result<(Reader, TcpStream), String> {
+        match self {
+            Broker::Fanout => fanout::open(&a.producer_addr),
+            Broker::Redis => connect(&a.producer_addr),
+            Broker::Jetstream => jetstream::producer(a),
+        }
+    }
+
+    fn enqueue(self, out: &mut Vec<u8>, queue: &str, body: &[u8]) {
+        match self {
+            Broker::Fanout => fanout::enqueue(out, queue, body),
+            Broker::Redis => redis::enqueue(out, queue, body),
+            Broker::Jetstream => jetstream::enqueue(out, queue, body),
+        }
+    }
+
+    /// Reads the confirmation of one enqueue.
+    fn confirm(self, r: &mut Reader) -> Result<(), String> {
+        match self {
+            Broker::Fanout => fanout::confirm(r),
+            Broker::Redis => redis::confirm(r),
+            Broker::Jetstream => jetstream::confirm(r),
+        }
+    }
+
+    /// Consumer `i`'s connection, its subscription confirmed or its first read sent.
+    fn consumer(self, a: &JobsArgs, i: usize) -> Result<(Reader, TcpStream), String> {
+        let addr = a.consumer_addr.as_deref().unwrap_or(&a.producer_addr);
+        match self {
+            Broker::Fanout => fanout::consumer(addr, a),
+            Broker::Redis => redis::consumer(addr, a, i),
+            Broker::Jetstream => jetstream::consumer(addr, a, i),
+        }
+    }
+
+    /// Takes, checks and acks jobs until the connection is shut down.
+    fn consume(self, r: Reader, w: TcpStream, a: &JobsArgs, i: usize, tally: &Tally) -> Result<Hist, String> {
+        match self {
+            Broker::Fanout => fanout::consume(r, w, tally),
+            Broker::Redis => redis::consume(r, w, a, i, tally),
+            Broker::Jetstream => jetstream::consume(r, w, a, i, tally),
+        }
+    }
+
+    /// After every ack: checks that the broker holds no job unacknowledged.
+    fn verify(self, a: &JobsArgs) -> Result<(), String> {
+        match self {
+            Broker::Fanout => Ok(()), // an ack is counted on its `OK acked`
+            Broker::Redis => redis::verify(a),
+            Broker::Jetstream => jetstream::verify(a),
+        }
     }
 }
 
 pub fn jobs(a: &JobsArgs) -> Result<(), String> {
-    let size = a.size.max(32);
-    let acked = Arc::new(AtomicU64::new(0));
-    let seen = Arc::new(Mutex::new(vec![false; a.jobs as usize + 1]));
+    let a = &JobsArgs { size: a.size.max(32), ..a.clone() };
+    let broker = a.broker;
+    broker.create(a)?;
+    let tally =
+        Arc::new(Tally { size: a.size, seen: Mutex::new(vec![false; a.jobs as usize + 1]), acked: AtomicU64::new(0) });
     let mut consumers = Vec::new();
     let mut sockets = Vec::new();
-    for _ in 0..a.consumers {
-        let (mut r, mut w) = connect(&a.consumer_addr)?;
-        writeln!(w, "consume {} {}", a.queue, a.prefetch).map_err(|e| e.to_string())?;
-        let mut buf = String::new();
-        line(&mut r, &mut buf)?;
-        sockets.push(w.try_clone().map_err(|e| e.to_string())?);
-        let (acked, seen) = (acked.clone(), seen.clone());
-        consumers.push(thread::spawn(move || -> Result<Hist, String> {
-            let mut hist = Hist::new();
-            let mut acks = Vec::new();
-            loop {
-                if line(&mut r, &mut buf).is_err() {
-                    return Ok(hist); // shut down at the end
-                }
-                if buf.starts_with("OK acked") {
-                    acked.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    let now = now_ns();
-                    let rest = buf.strip_prefix("Job [").ok_or(format!("unexpected: {buf}"))?;
-                    let (job, rest) = rest.split_once("] try ").ok_or(format!("unexpected: {buf}"))?;
-                    let (attempt, body) = rest.split_once(": ").ok_or(format!("unexpected: {buf}"))?;
-                    let (seq, ts) = payload::parse(body.trim_end().as_bytes(), size).ok_or("bad payload")?;
-                    if attempt != "1" || std::mem::replace(&mut seen.lock().unwrap()[seq as usize], true) {
-                        return Err(format!("job {seq} delivered twice ({job}, try {attempt})"));
-                    }
-                    hist.record(now.saturating_sub(ts));
-                    acks.extend_from_slice(format!("ack {job}\n").as_bytes());
-                }
-                // Acks go out in one write per read from the server.
-                if r.buffer().is_empty() && !acks.is_empty() {
-                    w.write_all(&acks).map_err(|e| e.to_string())?;
-                    acks.clear();
-                }
+    for i in 0..a.consumers {
+        let (r, w) = broker.consumer(a, i)?;
+        sockets.push(w.try_clone().map_err(io)?);
+        let (a, tally) = (a.clone(), tally.clone());
+        consumers.push(thread::spawn(move || broker.consume(r, w, &a, i, &tally)));
+    }
+
+    // The producer writes here; its confirmations are read by another thread.
+    let (mut r, mut w) = broker.producer(a)?;
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let confirms = {
+        let (confirmed, jobs) = (confirmed.clone(), a.jobs);
+        thread::spawn(move || -> Result<Instant, String> {
+            for _ in 0..jobs {
+                broker.confirm(&mut r)?;
+                confirmed.fetch_add(1, Ordering::Release);
             }
-        }));
-    }
-    let (mut r, mut w) = connect(&a.producer_addr)?;
+            Ok(Instant::now())
+        })
+    };
     let start = Instant::now();
-    let (mut sent, mut confirmed) = (0u64, 0u64);
-    let (mut batch, mut buf) = (Vec::new(), String::new());
-    let pad = vec![b'.'; size - 32];
-    while confirmed < a.jobs {
-        while sent < a.jobs && sent - confirmed < a.window {
-            sent += 1;
-            batch.extend_from_slice(format!("enqueue {} ", a.queue).as_bytes());
-            payload::put(&mut batch, sent, now_ns(), &pad);
-            batch.push(b'\n');
+    let (mut sent, mut batch, mut body) = (0u64, Vec::new(), Vec::new());
+    let pad = vec![b'.'; a.size - 32];
+    while sent < a.jobs {
+        let due = match a.rate {
+            0 => a.jobs,
+            rate => (start.elapsed().as_nanos() as u64 * rate / 1_000_000_000 + 1).min(a.jobs),
+        };
+        let upto = due.min(confirmed.load(Ordering::Acquire) + a.window);
+        if upto <= sent {
+            if confirms.is_finished() {
+                break; // failed: its error is reported below
+            }
+            let wait = if due <= sent {
+                (sent * 1_000_000_000 / a.rate).saturating_sub(start.elapsed().as_nanos() as u64)
+            } else {
+                0
+            };
+            thread::sleep(Duration::from_nanos(wait.max(20_000)));
+            continue;
         }
-        w.write_all(&batch).map_err(|e| e.to_string())?;
+        for seq in sent + 1..=upto {
+            body.clear();
+            payload::put(&mut body, seq, now_ns(), &pad);
+            broker.enqueue(&mut batch, &a.queue, &body);
+        }
+        w.write_all(&batch).map_err(io)?;
         batch.clear();
-        // Read confirmations down to half the window (or all at the end).
-        let low = if sent == a.jobs { a.jobs } else { sent.saturating_sub(a.window / 2) };
-        while confirmed < low {
-            line(&mut r, &mut buf)?;
-            confirmed += 1;
-        }
+        sent = upto;
     }
-    let enqueued = start.elapsed();
+    let enqueued = confirms.join().map_err(|_| "the producer's reader panicked")?? - start;
+
     let deadline = Instant::now() + Duration::from_secs(120);
-    while acked.load(Ordering::Relaxed) < a.jobs {
+    while tally.acked.load(Ordering::Relaxed) < a.jobs {
+        if let Some(c) = consumers.iter().position(|c| c.is_finished()) {
+            consumers.swap_remove(c).join().map_err(|_| "a consumer panicked")??;
+            return Err("a consumer's connection closed".into());
+        }
         if Instant::now() > deadline {
-            return Err(format!("only {} of {} jobs acked", acked.load(Ordering::Relaxed), a.jobs));
+            return Err(format!("only {} of {} jobs acked", tally.acked.load(Ordering::Relaxed), a.jobs));
         }
         thread::sleep(Duration::from_millis(1));
     }
+    broker.verify(a)?;
     let total = start.elapsed();
     for s in &sockets {
         let _ = s.shutdown(Shutdown::Both);
     }
     let mut hist = Hist::new();
     for c in consumers {
-        let h = c.join().map_err(|_| "consumer panicked")??;
+        let h = c.join().map_err(|_| "a consumer panicked")??;
         for (i, n) in h.counts.iter().enumerate() {
             hist.counts[i] += n;
         }
         hist.n += h.n;
         hist.max = hist.max.max(h.max);
     }
+    if let Some(lost) = tally.seen.lock().unwrap()[1..].iter().position(|seen| !seen) {
+        return Err(format!("job {} was acked by no one", lost + 1));
+    }
     let us = |q: f64| hist.quantile(q).unwrap_or(0) as f64 / 1000.0;
+    let rate = match a.rate {
+        0 => String::new(),
+        r => format!(", at {r}/s"),
+    };
     println!(
-        "jobs {} x {} B, {} consumers, prefetch {}: {:.0} jobs/s acked ({:.2} s), enqueue confirmed {:.0}/s; enqueue->job p50 {:.0} us p99 {:.0} us max {:.0} us",
+        "jobs {} x {} B, {} consumers, prefetch {}{rate}: {:.0} jobs/s acked ({:.2} s), enqueue confirmed {:.0}/s; enqueue->job p50 {:.0} us p99 {:.0} us max {:.0} us; lost 0",
         a.jobs,
-        size,
+        a.size,
         a.consumers,
         a.prefetch,
         a.jobs as f64 / total.as_secs_f64(),
