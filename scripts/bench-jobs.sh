@@ -2,8 +2,9 @@
 # Work queues under load (`fanout-bench jobs`), issue 11's comparison in one
 # run: one producer, 4 consumers acking every 64-byte job, on our servers (in
 # memory, and with a data directory under --fsync always and interval), on
-# Redis Streams (a consumer group; AOF with appendfsync everysec) and on a
-# NATS JetStream work-queue stream (file storage). Each is measured twice:
+# Redis Streams (a consumer group; AOF with appendfsync everysec), on a
+# NATS JetStream work-queue stream (file storage) and on RabbitMQ (a durable
+# queue, persistent messages, publisher confirms). Each is measured twice:
 # flat out (jobs acked per second) and at a fixed rate below saturation
 # (the enqueue->job latency).
 #
@@ -11,20 +12,19 @@
 #                         [--no-install] [fanout-bench jobs arguments...]
 #
 #   --bin-dir DIR   use the binaries in DIR instead of building target/release
-#   --peers LIST    from: fanout redis jetstream (default: all three)
+#   --peers LIST    from: fanout redis jetstream rabbitmq (default: all four)
 #   --jobs N        jobs of each flat-out run (default 100000)
 #   --rate R        the fixed rate, jobs/s, for 5 s (default 10000; 0: skip)
-#   --no-install    never apt-get install redis-server / nats-server
-# Other arguments (e.g. --prefetch 50) go to every `fanout-bench jobs` run 
-#
-# RabbitMQ is not measured: see BENCHMARKS.md.
+#   --no-install    never apt-get install redis-server / nats-server /
+#                   rabbitmq-server
+# Other arguments (e.g. --prefetch 50) go to every `fanout-bench jobs` run
 #
 # Every server is started fresh for each run on free loopback ports, with its
 # data in a temporary directory, and stopped afterwards. A run prints one
 # line, or FAILED with the reason (a lost or twice-delivered job fails it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ARGS=() BIN=target/release PEERS="fanout redis jetstream" JOBS=100000 RATE=10000 INSTALL=1 BUILD=1
+ARGS=() BIN=target/release PEERS="fanout redis jetstream rabbitmq" JOBS=100000 RATE=10000 INSTALL=1 BUILD=1
 while [ $# -gt 0 ]; do
     case $1 in
         --bin-dir) BIN=$2 BUILD=0; shift 2 ;;
@@ -60,8 +60,8 @@ linked() { # linked <server> <pid file>: until its worker's link is up (10 s at 
     echo "bench-jobs.sh: $1 did not link" >&2
     return 1
 }
-listening() { # listening <port>: until something accepts on it (10 s at most)
-    for _ in $(seq 200); do
+listening() { # listening <port> [seconds]: until something accepts on it (10 s at most)
+    for _ in $(seq $((${2:-10} * 20))); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.05
     done
@@ -98,16 +98,18 @@ fanout() { # fanout <label> <channel-server flags...>
     rm -rf "$TMP/data" "$TMP"/*.pid
 }
 
-daemon() { # daemon <command...>: in its own process group, its pid in $TMP/peer.pid
-    setsid "$@" >"$TMP/peer.log" 2>&1 &
-    echo $! >"$TMP/peer.pid"
+daemon() { # daemon [--name NAME] <command...>: in its own process group, its pid in $TMP/NAME.pid
+    local name=peer
+    [ "$1" = --name ] && name=$2 && shift 2
+    setsid "$@" >"$TMP/$name.log" 2>&1 &
+    echo $! >"$TMP/$name.pid"
 }
-stop_daemon() {
-    local pid
-    pid=$(cat "$TMP/peer.pid")
+stop_daemon() { # stop_daemon [NAME]
+    local pid name=${1:-peer}
+    pid=$(cat "$TMP/$name.pid")
     kill -TERM -- "-$pid" 2>/dev/null || true
     while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-    rm -rf "$TMP/peer.pid" "$TMP/peer-data"
+    rm -rf "$TMP/$name.pid" "$TMP/peer-data"
 }
 
 redis() {
@@ -132,6 +134,31 @@ jetstream() {
     stop_daemon
 }
 
+rabbitmq() ( # a subshell: the environment below is the node's alone
+    # A private node: its own Erlang port mapper, ports, cookie (in HOME),
+    # data and logs in the temporary directory, no plugins, no system config.
+    local port epmd dir=$TMP/peer-data
+    port=$("$BIN/fanout-bench" free-port)
+    epmd=$("$BIN/fanout-bench" free-port)
+    mkdir -p "$dir/home"
+    : >"$dir/enabled_plugins"
+    export HOME=$dir/home ERL_EPMD_PORT=$epmd RABBITMQ_NODENAME=bench-$$@localhost \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$port \
+        RABBITMQ_DIST_PORT=$("$BIN/fanout-bench" free-port) RABBITMQ_MNESIA_BASE=$dir/mnesia \
+        RABBITMQ_LOG_BASE=$dir/log RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins \
+        RABBITMQ_CONF_ENV_FILE=/dev/null RABBITMQ_CONFIG_FILE=$dir/none RABBITMQ_ADVANCED_CONFIG_FILE=$dir/none.config
+    # epmd in the foreground, so that stopping its process group ends it
+    # (RabbitMQ would start a detached one).
+    daemon --name epmd epmd -port "$epmd"
+    daemon /usr/lib/rabbitmq/bin/rabbitmq-server
+    listening "$port" 60
+    local version
+    version=$(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null | sed 's/-.*//')
+    bench "RabbitMQ ${version:-?}, durable queue, persistent, confirms" --broker rabbitmq --producer-addr "127.0.0.1:$port"
+    stop_daemon # beam's helpers (erl_child_setup, inet_gethost) leave with it
+    stop_daemon epmd
+)
+
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 for peer in $PEERS; do
     case $peer in
@@ -142,6 +169,7 @@ for peer in $PEERS; do
             ;;
         redis) need redis-server redis-server && redis ;;
         jetstream) need nats-server nats-server && jetstream ;;
-        *) echo "bench-jobs.sh: unknown peer $peer (fanout redis jetstream)" >&2; exit 2 ;;
+        rabbitmq) need /usr/lib/rabbitmq/bin/rabbitmq-server rabbitmq-server && need epmd erlang-base && rabbitmq ;;
+        *) echo "bench-jobs.sh: unknown peer $peer (fanout redis jetstream rabbitmq)" >&2; exit 2 ;;
     esac
 done

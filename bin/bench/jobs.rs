@@ -5,7 +5,7 @@
 //! `--prefetch` and ack each one. Reports jobs acknowledged per second (first
 //! enqueue to last ack) and the latency from writing a job to reading its
 //! delivery. Every job must arrive exactly once, on its first delivery, and
-//! the broker must hold no unacknowledged job at the end.
+//! the broker must hold no unacknowledged job once the consumers have left.
 //!
 //! The clients are blocking sockets, one thread per connection, and the few
 //! protocol pieces each broker needs are written by hand (jobs/*.rs): a
@@ -26,6 +26,7 @@ use crate::payload::{self, now_ns};
 
 mod fanout;
 mod jetstream;
+mod rabbitmq;
 mod redis;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,6 +37,9 @@ pub enum Broker {
     Redis,
     /// NATS JetStream: a work-queue stream on file storage, one durable pull consumer
     Jetstream,
+    /// RabbitMQ: a durable queue, persistent messages with publisher confirms,
+    /// basic.qos prefetch, basic.consume with manual acks, basic.ack per job
+    Rabbitmq,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -48,7 +52,7 @@ pub struct JobsArgs {
     /// Where the consumers consume (fanout: the subscriber server) [default: --producer-addr]
     #[arg(long)]
     consumer_addr: Option<String>,
-    /// The queue (Redis: the stream; JetStream: the stream and its subject)
+    /// The queue (Redis: the stream; JetStream: the stream and its subject; RabbitMQ: a durable queue)
     #[arg(long, default_value = "bench")]
     queue: String,
     #[arg(long, default_value_t = 200_000)]
@@ -119,6 +123,7 @@ impl Broker {
             Broker::Fanout => Ok(()),
             Broker::Redis => redis::create(a),
             Broker::Jetstream => jetstream::create(a),
+            Broker::Rabbitmq => rabbitmq::create(a),
         }
     }
 
@@ -128,6 +133,7 @@ impl Broker {
             Broker::Fanout => fanout::open(&a.producer_addr),
             Broker::Redis => connect(&a.producer_addr),
             Broker::Jetstream => jetstream::producer(a),
+            Broker::Rabbitmq => rabbitmq::producer(a),
         }
     }
 
@@ -136,15 +142,18 @@ impl Broker {
             Broker::Fanout => fanout::enqueue(out, queue, body),
             Broker::Redis => redis::enqueue(out, queue, body),
             Broker::Jetstream => jetstream::enqueue(out, queue, body),
+            Broker::Rabbitmq => rabbitmq::enqueue(out, queue, body),
         }
     }
 
-    /// Reads the confirmation of one enqueue.
-    fn confirm(self, r: &mut Reader) -> Result<(), String> {
+    /// Reads the next confirmation, of one enqueue or (RabbitMQ) of several;
+    /// `done` enqueues were confirmed before it, the answer is how many are now.
+    fn confirm(self, r: &mut Reader, done: u64) -> Result<u64, String> {
         match self {
-            Broker::Fanout => fanout::confirm(r),
-            Broker::Redis => redis::confirm(r),
-            Broker::Jetstream => jetstream::confirm(r),
+            Broker::Fanout => fanout::confirm(r).map(|()| done + 1),
+            Broker::Redis => redis::confirm(r).map(|()| done + 1),
+            Broker::Jetstream => jetstream::confirm(r).map(|()| done + 1),
+            Broker::Rabbitmq => rabbitmq::confirm(r, done),
         }
     }
 
@@ -155,24 +164,28 @@ impl Broker {
             Broker::Fanout => fanout::consumer(addr, a),
             Broker::Redis => redis::consumer(addr, a, i),
             Broker::Jetstream => jetstream::consumer(addr, a, i),
+            Broker::Rabbitmq => rabbitmq::consumer(addr, a, i),
         }
     }
 
-    /// Takes, checks and acks jobs until the connection is shut down.
+    /// Takes, checks and acks jobs until the broker closes the connection.
     fn consume(self, r: Reader, w: TcpStream, a: &JobsArgs, i: usize, tally: &Tally) -> Result<Hist, String> {
         match self {
             Broker::Fanout => fanout::consume(r, w, tally),
             Broker::Redis => redis::consume(r, w, a, i, tally),
             Broker::Jetstream => jetstream::consume(r, w, a, i, tally),
+            Broker::Rabbitmq => rabbitmq::consume(r, w, tally),
         }
     }
 
-    /// After every ack: checks that the broker holds no job unacknowledged.
+    /// After every ack, once the consumers have left: checks that the broker
+    /// holds no job unacknowledged.
     fn verify(self, a: &JobsArgs) -> Result<(), String> {
         match self {
             Broker::Fanout => Ok(()), // an ack is counted on its `OK acked`
             Broker::Redis => redis::verify(a),
             Broker::Jetstream => jetstream::verify(a),
+            Broker::Rabbitmq => rabbitmq::verify(a),
         }
     }
 }
@@ -198,9 +211,10 @@ pub fn jobs(a: &JobsArgs) -> Result<(), String> {
     let confirms = {
         let (confirmed, jobs) = (confirmed.clone(), a.jobs);
         thread::spawn(move || -> Result<Instant, String> {
-            for _ in 0..jobs {
-                broker.confirm(&mut r)?;
-                confirmed.fetch_add(1, Ordering::Release);
+            let mut done = 0;
+            while done < jobs {
+                done = broker.confirm(&mut r, done)?;
+                confirmed.store(done, Ordering::Release);
             }
             Ok(Instant::now())
         })
@@ -248,10 +262,11 @@ pub fn jobs(a: &JobsArgs) -> Result<(), String> {
         }
         thread::sleep(Duration::from_millis(1));
     }
-    broker.verify(a)?;
-    let total = start.elapsed();
+    // The consumers leave as a client does, by closing their end; each
+    // broker reads every ack sent before that, puts back what a consumer
+    // still held, and closes its end too.
     for s in &sockets {
-        let _ = s.shutdown(Shutdown::Both);
+        let _ = s.shutdown(Shutdown::Write);
     }
     let mut hist = Hist::new();
     for c in consumers {
@@ -262,6 +277,8 @@ pub fn jobs(a: &JobsArgs) -> Result<(), String> {
         hist.n += h.n;
         hist.max = hist.max.max(h.max);
     }
+    broker.verify(a)?;
+    let total = start.elapsed();
     if let Some(lost) = tally.seen.lock().unwrap()[1..].iter().position(|seen| !seen) {
         return Err(format!("job {} was acked by no one", lost + 1));
     }
