@@ -14,7 +14,8 @@
 #   --bin-dir DIR   use the binaries in DIR instead of building target/release
 #   --peers LIST    from: fanout redis jetstream rabbitmq (default: all four)
 #   --jobs N        jobs of each flat-out run (default 100000)
-#   --rate R        the fixed rate, jobs/s, for 5 s (default 10000; 0: skip)
+#   --rate R        the fixed rate, jobs/s, for 5 s (default 2000, below
+#                   RabbitMQ's saturation here; 0: skip)
 #   --no-install    never apt-get install redis-server / nats-server /
 #                   rabbitmq-server
 # Other arguments (e.g. --prefetch 50) go to every `fanout-bench jobs` run
@@ -24,7 +25,7 @@
 # line, or FAILED with the reason (a lost or twice-delivered job fails it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ARGS=() BIN=target/release PEERS="fanout redis jetstream rabbitmq" JOBS=100000 RATE=10000 INSTALL=1 BUILD=1
+ARGS=() BIN=target/release PEERS="fanout redis jetstream rabbitmq" JOBS=100000 RATE=2000 INSTALL=1 BUILD=1
 while [ $# -gt 0 ]; do
     case $1 in
         --bin-dir) BIN=$2 BUILD=0; shift 2 ;;
@@ -134,30 +135,30 @@ jetstream() {
     stop_daemon
 }
 
-rabbitmq() ( # a subshell: the environment below is the node's alone
+rabbitmq() {
     # A private node: its own Erlang port mapper, ports, cookie (in HOME),
     # data and logs in the temporary directory, no plugins, no system config.
-    local port epmd dir=$TMP/peer-data
+    local port epmd dir=$TMP/peer-data version
     port=$("$BIN/fanout-bench" free-port)
     epmd=$("$BIN/fanout-bench" free-port)
     mkdir -p "$dir/home"
     : >"$dir/enabled_plugins"
-    export HOME=$dir/home ERL_EPMD_PORT=$epmd RABBITMQ_NODENAME=bench-$$@localhost \
-        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$port \
-        RABBITMQ_DIST_PORT=$("$BIN/fanout-bench" free-port) RABBITMQ_MNESIA_BASE=$dir/mnesia \
-        RABBITMQ_LOG_BASE=$dir/log RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins \
-        RABBITMQ_CONF_ENV_FILE=/dev/null RABBITMQ_CONFIG_FILE=$dir/none RABBITMQ_ADVANCED_CONFIG_FILE=$dir/none.config
+    local node=(env HOME="$dir/home" ERL_EPMD_PORT="$epmd" RABBITMQ_NODENAME="bench-$$@localhost"
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port"
+        RABBITMQ_DIST_PORT="$("$BIN/fanout-bench" free-port)" RABBITMQ_MNESIA_BASE="$dir/mnesia"
+        RABBITMQ_LOG_BASE="$dir/log" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
+        RABBITMQ_CONF_ENV_FILE=/dev/null RABBITMQ_CONFIG_FILE="$dir/none"
+        RABBITMQ_ADVANCED_CONFIG_FILE="$dir/none.config")
     # epmd in the foreground, so that stopping its process group ends it
     # (RabbitMQ would start a detached one).
-    daemon --name epmd epmd -port "$epmd"
-    daemon /usr/lib/rabbitmq/bin/rabbitmq-server
+    daemon --name epmd "${node[@]}" epmd -port "$epmd"
+    daemon "${node[@]}" /usr/lib/rabbitmq/bin/rabbitmq-server
     listening "$port" 60
-    local version
     version=$(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null | sed 's/-.*//')
     bench "RabbitMQ ${version:-?}, durable queue, persistent, confirms" --broker rabbitmq --producer-addr "127.0.0.1:$port"
     stop_daemon # beam's helpers (erl_child_setup, inet_gethost) leave with it
     stop_daemon epmd
-)
+}
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 for peer in $PEERS; do
