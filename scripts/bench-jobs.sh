@@ -37,38 +37,7 @@ while [ $# -gt 0 ]; do
         *) ARGS+=("$1"); shift ;;
     esac
 done
-[ "$BUILD" = 1 ] && cargo build --release -q --bins
-TMP=$(mktemp -d)
-trap 'for p in "$TMP"/*.pid; do [ -e "$p" ] && kill -TERM -- "-$(cat "$p")" 2>/dev/null; done; rm -rf "$TMP"' EXIT
-
-need() { # need <command> <Debian package>
-    command -v "$1" >/dev/null && return 0
-    if [ "$INSTALL" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "bench-jobs.sh: installing $2 with apt-get" >&2
-        apt-get update -qq >/dev/null 2>&1 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1 || true
-    fi
-    command -v "$1" >/dev/null && return 0
-    echo "bench-jobs.sh: SKIPPING $2: not installed and could not be installed" >&2
-    return 1
-}
-addr() { sed -n 's/.*listening on \([^;]*\);.*/\1/p' "$1"; }
-linked() { # linked <server> <pid file>: until its worker's link is up (10 s at most)
-    for _ in $(seq 200); do
-        grep -q '"link": *"up"' <<<"$("$BIN/$1" status --json --pid-file "$2")" && return 0
-        sleep 0.05
-    done
-    echo "bench-jobs.sh: $1 did not link" >&2
-    return 1
-}
-listening() { # listening <port> [seconds]: until something accepts on it (10 s at most)
-    for _ in $(seq $((${2:-10} * 20))); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "bench-jobs.sh: nothing listens on port $1" >&2
-    return 1
-}
+. scripts/bench-lib.sh
 
 # Arguments of the second run on the same server.
 AGAIN=()
@@ -86,51 +55,21 @@ bench() { # bench <label> <fanout-bench jobs arguments...>: flat out, then at $R
 fanout() { # fanout <label> <channel-server flags...>
     local label=$1
     shift
-    "$BIN/channel-server" start -d --listen 127.0.0.1:0 --pid-file "$TMP/c.pid" --log-file "$TMP/c.log" "$@" >"$TMP/c.out"
-    for s in data-source subscriber; do
-        "$BIN/$s" start -d --listen 127.0.0.1:0 --count 1 --channel "$(addr "$TMP/c.out")" \
-            --pid-file "$TMP/$s.pid" --log-file "$TMP/$s.log" >"$TMP/$s.out"
-        linked "$s" "$TMP/$s.pid"
-    done
-    bench "fanout, $label" --producer-addr "$(addr "$TMP/data-source.out")" --consumer-addr "$(addr "$TMP/subscriber.out")"
-    for s in data-source subscriber channel-server; do
-        "$BIN/$s" stop --pid-file "$TMP/${s/channel-server/c}.pid" >/dev/null
-    done
-    rm -rf "$TMP/data" "$TMP"/*.pid
-}
-
-daemon() { # daemon [--name NAME] <command...>: in its own process group, its pid in $TMP/NAME.pid
-    local name=peer
-    [ "$1" = --name ] && name=$2 && shift 2
-    setsid "$@" >"$TMP/$name.log" 2>&1 &
-    echo $! >"$TMP/$name.pid"
-}
-stop_daemon() { # stop_daemon [NAME]
-    local pid name=${1:-peer}
-    pid=$(cat "$TMP/$name.pid")
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-    rm -rf "$TMP/$name.pid" "$TMP/peer-data"
+    start_fanout "$@"
+    bench "fanout, $label" --producer-addr "$DS" --consumer-addr "$SUBS"
+    stop_fanout
 }
 
 redis() {
-    local port
-    port=$("$BIN/fanout-bench" free-port)
-    mkdir "$TMP/peer-data"
-    daemon redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly yes --appendfsync everysec \
-        --dir "$TMP/peer-data" --daemonize no
-    listening "$port"
-    bench "Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), AOF everysec" --broker redis --producer-addr "127.0.0.1:$port"
+    start_redis everysec
+    bench "$REDIS" --broker redis --producer-addr "127.0.0.1:$PORT"
     stop_daemon
 }
 
 jetstream() {
-    local port
-    port=$("$BIN/fanout-bench" free-port)
-    daemon nats-server -js -sd "$TMP/peer-data" -a 127.0.0.1 -p "$port"
-    listening "$port"
+    start_jetstream
     AGAIN=(--queue bench2) # a stream and a durable of its own
-    bench "NATS $(nats-server --version | sed 's/.*v//') JetStream, file storage" --broker jetstream --producer-addr "127.0.0.1:$port"
+    bench "$JETSTREAM" --broker jetstream --producer-addr "127.0.0.1:$PORT"
     AGAIN=()
     stop_daemon
 }
@@ -160,7 +99,7 @@ rabbitmq() {
     stop_daemon epmd
 }
 
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+header
 for peer in $PEERS; do
     case $peer in
         fanout)

@@ -41,6 +41,10 @@ pub enum Cmd {
     Storm(storm::StormArgs),
     /// A work queue: one producer, consumers acking every job (jobs/s, enqueue->job latency)
     Jobs(crate::jobs::JobsArgs),
+    /// Publishes the broker confirms as stored: confirmed publishes/s, publish->confirm latency
+    Confirm(crate::jobs::confirm::ConfirmArgs),
+    /// One subscriber reading at a tenth of the publish rate beside full-speed ones: losses, GAP lines, server memory
+    Lag(crate::lag::LagArgs),
     /// The reading side of `floor` (started by it)
     #[command(hide = true)]
     FloorRead(floor::FloorReadArgs),

@@ -12,7 +12,7 @@
 //! client crate per broker would be a heavy dependency of a binary that CI
 //! builds, for a handful of commands.
 
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,10 +22,13 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 
 use crate::hist::Hist;
-use crate::payload::{self, now_ns};
+use crate::payload;
+use produce::Pace;
 
-mod fanout;
+pub mod confirm;
+pub mod fanout;
 mod jetstream;
+mod produce;
 mod rabbitmq;
 mod redis;
 
@@ -62,16 +65,8 @@ pub struct JobsArgs {
     /// Unacknowledged jobs per consumer, at most
     #[arg(long, default_value_t = 100)]
     prefetch: u32,
-    /// Payload bytes (at least 32)
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    /// Enqueues written and not yet confirmed, at most
-    #[arg(long, default_value_t = 1000)]
-    window: u64,
-    /// Jobs per second, each stamped as it is written; 0: as fast as the
-    /// window allows (a latency measured then is mostly backlog)
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
+    #[command(flatten)]
+    pace: Pace,
 }
 
 /// What the consumers share: which jobs arrived, and how many were acked.
@@ -191,11 +186,14 @@ impl Broker {
 }
 
 pub fn jobs(a: &JobsArgs) -> Result<(), String> {
-    let a = &JobsArgs { size: a.size.max(32), ..a.clone() };
+    let a = &JobsArgs { pace: Pace { size: a.pace.size.max(32), ..a.pace }, ..a.clone() };
     let broker = a.broker;
     broker.create(a)?;
-    let tally =
-        Arc::new(Tally { size: a.size, seen: Mutex::new(vec![false; a.jobs as usize + 1]), acked: AtomicU64::new(0) });
+    let tally = Arc::new(Tally {
+        size: a.pace.size,
+        seen: Mutex::new(vec![false; a.jobs as usize + 1]),
+        acked: AtomicU64::new(0),
+    });
     let mut consumers = Vec::new();
     let mut sockets = Vec::new();
     for i in 0..a.consumers {
@@ -205,51 +203,11 @@ pub fn jobs(a: &JobsArgs) -> Result<(), String> {
         consumers.push(thread::spawn(move || broker.consume(r, w, &a, i, &tally)));
     }
 
-    // The producer writes here; its confirmations are read by another thread.
-    let (mut r, mut w) = broker.producer(a)?;
-    let confirmed = Arc::new(AtomicU64::new(0));
-    let confirms = {
-        let (confirmed, jobs) = (confirmed.clone(), a.jobs);
-        thread::spawn(move || -> Result<Instant, String> {
-            let mut done = 0;
-            while done < jobs {
-                done = broker.confirm(&mut r, done)?;
-                confirmed.store(done, Ordering::Release);
-            }
-            Ok(Instant::now())
-        })
-    };
+    let queue = a.queue.clone();
+    let encode = |out: &mut Vec<u8>, body: &[u8]| broker.enqueue(out, &queue, body);
+    let producer = broker.producer(a)?;
     let start = Instant::now();
-    let (mut sent, mut batch, mut body) = (0u64, Vec::new(), Vec::new());
-    let pad = vec![b'.'; a.size - 32];
-    while sent < a.jobs {
-        let due = match a.rate {
-            0 => a.jobs,
-            rate => (start.elapsed().as_nanos() as u64 * rate / 1_000_000_000 + 1).min(a.jobs),
-        };
-        let upto = due.min(confirmed.load(Ordering::Acquire) + a.window);
-        if upto <= sent {
-            if confirms.is_finished() {
-                break; // failed: its error is reported below
-            }
-            let wait = if due <= sent {
-                (sent * 1_000_000_000 / a.rate).saturating_sub(start.elapsed().as_nanos() as u64)
-            } else {
-                0
-            };
-            thread::sleep(Duration::from_nanos(wait.max(20_000)));
-            continue;
-        }
-        for seq in sent + 1..=upto {
-            body.clear();
-            payload::put(&mut body, seq, now_ns(), &pad);
-            broker.enqueue(&mut batch, &a.queue, &body);
-        }
-        w.write_all(&batch).map_err(io)?;
-        batch.clear();
-        sent = upto;
-    }
-    let enqueued = confirms.join().map_err(|_| "the producer's reader panicked")?? - start;
+    let enqueued = produce::produce(producer, a.jobs, &a.pace, encode, move |r, done| broker.confirm(r, done))?.elapsed;
 
     let deadline = Instant::now() + Duration::from_secs(120);
     while tally.acked.load(Ordering::Relaxed) < a.jobs {
@@ -283,14 +241,14 @@ pub fn jobs(a: &JobsArgs) -> Result<(), String> {
         return Err(format!("job {} was acked by no one", lost + 1));
     }
     let us = |q: f64| hist.quantile(q).unwrap_or(0) as f64 / 1000.0;
-    let rate = match a.rate {
+    let rate = match a.pace.rate {
         0 => String::new(),
         r => format!(", at {r}/s"),
     };
     println!(
         "jobs {} x {} B, {} consumers, prefetch {}{rate}: {:.0} jobs/s acked ({:.2} s), enqueue confirmed {:.0}/s; enqueue->job p50 {:.0} us p99 {:.0} us max {:.0} us; lost 0",
         a.jobs,
-        a.size,
+        a.pace.size,
         a.consumers,
         a.prefetch,
         a.jobs as f64 / total.as_secs_f64(),

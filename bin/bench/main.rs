@@ -33,6 +33,7 @@ mod floor;
 mod hist;
 mod hop;
 mod jobs;
+mod lag;
 mod payload;
 mod procfs;
 mod proto;
@@ -71,34 +72,12 @@ fn main() {
                 1
             }
         },
-        Cmd::Floor(args) => floor::floor(&args).map_or_else(
-            |e| {
-                eprintln!("fanout-bench: {e}");
-                1
-            },
-            |_| 0,
-        ),
-        Cmd::Storm(args) => storm::storm(&args).map_or_else(
-            |e| {
-                eprintln!("fanout-bench: {e}");
-                1
-            },
-            |_| 0,
-        ),
-        Cmd::Jobs(args) => jobs::jobs(&args).map_or_else(
-            |e| {
-                eprintln!("fanout-bench: {e}");
-                1
-            },
-            |_| 0,
-        ),
-        Cmd::Hop(args) => hop::hop(&args).map_or_else(
-            |e| {
-                eprintln!("fanout-bench: {e}");
-                1
-            },
-            |_| 0,
-        ),
+        Cmd::Floor(args) => exit_code(floor::floor(&args)),
+        Cmd::Storm(args) => exit_code(storm::storm(&args)),
+        Cmd::Jobs(args) => exit_code(jobs::jobs(&args)),
+        Cmd::Confirm(args) => exit_code(jobs::confirm::confirm(&args)),
+        Cmd::Lag(args) => exit_code(lag::lag(&args)),
+        Cmd::Hop(args) => exit_code(hop::hop(&args)),
         Cmd::FloorRead(args) => floor::floor_read(&args).map_or_else(
             |e| {
                 println!("{e}");
@@ -106,13 +85,7 @@ fn main() {
             },
             |_| 0,
         ),
-        Cmd::Table { files, runs } => table(&files, runs).map_or_else(
-            |e| {
-                eprintln!("fanout-bench: {e}");
-                1
-            },
-            |_| 0,
-        ),
+        Cmd::Table { files, runs } => exit_code(table(&files, runs)),
         Cmd::FreePort { n } => {
             let listeners: Vec<_> = (0..n).filter_map(|_| std::net::TcpListener::bind("127.0.0.1:0").ok()).collect();
             for l in &listeners {
@@ -122,4 +95,15 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// A subcommand's exit code: 1, with its error on stderr, if it failed.
+fn exit_code(r: Result<(), String>) -> i32 {
+    r.map_or_else(
+        |e| {
+            eprintln!("fanout-bench: {e}");
+            1
+        },
+        |_| 0,
+    )
 }

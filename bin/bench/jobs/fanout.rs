@@ -1,4 +1,5 @@
-//! Our servers' line protocol: `enqueue`, `consume`, `Job [...]` lines, `ack`.
+//! Our servers' line protocol: `enqueue`, `consume`, `Job [...]` lines, `ack`;
+//! `pub` with `confirm on` for `confirm`.
 
 use std::io::{BufRead, Write};
 use std::net::TcpStream;
@@ -24,21 +25,60 @@ fn line(r: &mut Reader, buf: &mut String) -> Result<(), String> {
     }
 }
 
-pub fn enqueue(out: &mut Vec<u8>, queue: &str, body: &[u8]) {
-    out.extend_from_slice(b"enqueue ");
-    out.extend_from_slice(queue.as_bytes());
+/// One command line: `<verb> <name> <body>`.
+fn command(out: &mut Vec<u8>, verb: &[u8], name: &str, body: &[u8]) {
+    out.extend_from_slice(verb);
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
     out.push(b' ');
     out.extend_from_slice(body);
     out.push(b'\n');
 }
 
-pub fn confirm(r: &mut Reader) -> Result<(), String> {
+/// Reads one line, which must start with `want`.
+pub fn expect(r: &mut Reader, want: &str) -> Result<(), String> {
     let mut buf = String::new();
     line(r, &mut buf)?;
-    match buf.starts_with("OK enqueued") {
+    match buf.starts_with(want) {
         true => Ok(()),
         false => Err(format!("unexpected: {buf}")),
     }
+}
+
+pub fn enqueue(out: &mut Vec<u8>, queue: &str, body: &[u8]) {
+    command(out, b"enqueue", queue, body);
+}
+
+pub fn confirm(r: &mut Reader) -> Result<(), String> {
+    expect(r, "OK enqueued")
+}
+
+/// A publisher's connection with `confirm on`.
+pub fn confirming(addr: &str) -> Result<(Reader, TcpStream), String> {
+    let (mut r, mut w) = open(addr)?;
+    w.write_all(b"confirm on\n").map_err(io)?;
+    expect(&mut r, "OK confirm on")?;
+    Ok((r, w))
+}
+
+pub fn publish(out: &mut Vec<u8>, topic: &str, body: &[u8]) {
+    command(out, b"pub", topic, body);
+}
+
+/// `OK published <topic>#<seq>`: numbered, and written as the fsync policy says.
+pub fn published(r: &mut Reader) -> Result<(), String> {
+    expect(r, "OK published")
+}
+
+/// The last number the topic has given (`info <topic>`).
+pub fn numbered(addr: &str, topic: &str) -> Result<u64, String> {
+    let (mut r, mut w) = open(addr)?;
+    writeln!(w, "info {topic}").map_err(io)?;
+    let mut buf = String::new();
+    line(&mut r, &mut buf)?;
+    // OK topic <topic> first <seq> last <seq> messages <n> bytes <b>
+    let last = buf.split_whitespace().skip_while(|w| *w != "last").nth(1);
+    last.and_then(|n| n.parse().ok()).ok_or_else(|| format!("unexpected: {buf}"))
 }
 
 pub fn consumer(addr: &str, a: &JobsArgs) -> Result<(Reader, TcpStream), String> {

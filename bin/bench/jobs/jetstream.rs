@@ -127,6 +127,9 @@ pub fn create(a: &JobsArgs) -> Result<(), String> {
     let q = &a.queue;
     let stream = json!({"name": q, "subjects": [q], "retention": "workqueue", "storage": "file"});
     request(&mut r, &mut w, &format!("$JS.API.STREAM.CREATE.{q}"), &stream)?;
+    if a.consumers == 0 {
+        return Ok(()); // `confirm`: only publishes
+    }
     // One durable shared by every consumer connection: as many jobs out as
     // all of ours together may hold.
     let pending = a.prefetch as usize * a.consumers;
@@ -198,18 +201,25 @@ pub fn consume(mut r: Reader, mut w: TcpStream, a: &JobsArgs, i: usize, tally: &
     }
 }
 
+/// Messages in the stream now.
+fn messages(r: &mut Reader, w: &mut TcpStream, a: &JobsArgs) -> Result<u64, String> {
+    let info = request(r, w, &format!("$JS.API.STREAM.INFO.{}", a.queue), &json!({}))?;
+    info["state"]["messages"].as_u64().ok_or_else(|| format!("stream info without a message count: {info}"))
+}
+
+pub fn stored(a: &JobsArgs) -> Result<u64, String> {
+    let (mut r, mut w) = api(a)?;
+    messages(&mut r, &mut w, a)
+}
+
 pub fn verify(a: &JobsArgs) -> Result<(), String> {
     let (mut r, mut w) = api(a)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let info = request(&mut r, &mut w, &format!("$JS.API.STREAM.INFO.{}", a.queue), &json!({}))?;
-        match info["state"]["messages"].as_u64() {
-            Some(0) => return Ok(()),
-            Some(n) if Instant::now() > deadline => {
-                return Err(format!("{n} jobs still in the stream after every ack"))
-            }
-            Some(_) => thread::sleep(Duration::from_millis(1)),
-            None => return Err(format!("stream info without a message count: {info}")),
+        match messages(&mut r, &mut w, a)? {
+            0 => return Ok(()),
+            n if Instant::now() > deadline => return Err(format!("{n} jobs still in the stream after every ack")),
+            _ => thread::sleep(Duration::from_millis(1)),
         }
     }
 }

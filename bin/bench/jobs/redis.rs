@@ -159,3 +159,11 @@ pub fn verify(a: &JobsArgs) -> Result<(), String> {
         other => Err(format!("jobs still pending after every XACK: {other:?}")),
     }
 }
+
+/// Entries in the stream.
+pub fn stored(a: &JobsArgs) -> Result<u64, String> {
+    match call(&a.producer_addr, &[b"XLEN", a.queue.as_bytes()])? {
+        Resp::Int(n) => Ok(n as u64),
+        other => Err(format!("XLEN answered {other:?}")),
+    }
+}
