@@ -86,9 +86,10 @@ fn main() {
     // Memory per retained message (one topic) and per topic.
     let before = LIVE.load(Relaxed);
     let mut s = Store::in_memory(big());
+    let t = s.topic_id(b"topic");
     let start = clock();
     for _ in 0..N {
-        s.append(b"topic", &PAYLOAD, 0);
+        s.append(t, &PAYLOAD, 0);
     }
     rate("append, memory, 1 topic", N, start);
     let per = (LIVE.load(Relaxed) - before) as f64 / N as f64;
@@ -116,7 +117,8 @@ fn main() {
     let mut s = Store::in_memory(big());
     let start = clock();
     for i in 0..100_000u32 {
-        s.append(format!("topic{i:06}").as_bytes(), &PAYLOAD, 0);
+        let t = s.topic_id(format!("topic{i:06}").as_bytes());
+        s.append(t, &PAYLOAD, 0);
     }
     rate("append, memory, 100 000 topics (first message each)", 100_000, start);
     let per = (LIVE.load(Relaxed) - before) as f64 / 100_000.0;
@@ -127,7 +129,8 @@ fn main() {
     let mut s = Store::in_memory(Config::default());
     let start = clock();
     for i in 0..N {
-        s.append(format!("t{}", i % 1000).as_bytes(), &PAYLOAD, 0);
+        let t = s.topic_id(format!("t{}", i % 1000).as_bytes());
+        s.append(t, &PAYLOAD, 0);
     }
     rate("append, memory, 1000 topics, default retention", N, start);
     drop(s);
@@ -136,9 +139,10 @@ fn main() {
     for (name, fsync) in [("never", Fsync::Never), ("interval 1000 ms", Fsync::Interval { ms: 1000 })] {
         let _ = std::fs::remove_dir_all(&dir);
         let mut s = Store::open(&dir, Config { fsync, ..big() }, 0).unwrap();
+        let t = s.topic_id(b"topic");
         let start = clock();
         for i in 0..N {
-            s.append(b"topic", &PAYLOAD, 0);
+            s.append(t, &PAYLOAD, 0);
             if i % 1000 == 999 {
                 s.commit(start.0.elapsed().as_millis() as u64).unwrap();
             }
@@ -147,10 +151,11 @@ fn main() {
         rate(&format!("append, data dir, --fsync {name}, commit per 1000"), N, start);
     }
     let mut s = Store::open(&dir, Config { fsync: Fsync::Always, ..big() }, 0).unwrap();
+    let t = s.topic_id(b"always");
     let start = clock();
     for _ in 0..1000 {
         for _ in 0..100 {
-            s.append(b"always", &PAYLOAD, 0);
+            s.append(t, &PAYLOAD, 0);
         }
         s.commit(0).unwrap();
     }

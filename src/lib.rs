@@ -11,8 +11,8 @@
 //! - [`master`]: the master process that supervises workers, reloads them,
 //!   answers the command line; the daemon start, the pid file, signals.
 //! - [`cli`]: the command line shared by the three binaries.
-//! - [`store`]: numbered messages with retention and an optional disk log
-//!   (a library module, not wired into a service yet).
+//! - [`store`]: the channel server's numbered messages and queued jobs, with
+//!   retention and an optional disk log (pure: no sockets, time an argument).
 
 pub mod cli;
 pub mod config;

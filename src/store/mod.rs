@@ -20,8 +20,8 @@
 //!   its [`Store::epoch`] is new, so a client holding a position of an older
 //!   epoch can be told (the service compares epochs and reports a gap).
 //! - **Readers are positions**: [`Store::read`] returns the retained
-//!   messages from a number on, borrowed from the store (`&Bytes`, clone it
-//!   to keep one), plus the [`Gap`] of numbers that are gone if the position
+//!   messages from a number on, borrowed from the store (copy what you
+//!   keep), plus the [`Gap`] of numbers that are gone if the position
 //!   is older than the oldest retained message.
 //! - **Retention** per topic: at most `retain_messages` messages and
 //!   `retain_bytes` payload bytes (the newest message always stays), and
@@ -73,18 +73,18 @@
 //! # Costs, measured
 //!
 //! `cargo run --release --example store_bench` (64-byte payloads, one
-//! topic unless said; rates per CPU second of the process, since this
-//! shared 2-core box ran at load average 12, wall-clock rates 3-4x lower;
-//! /work/notes/issue-10-store.md has the whole output):
+//! topic unless said; rates per CPU second of the process), 2026-12-02 at
+//! load average 3 on this shared 2-core box:
 //!
-//! - memory: 106 bytes per retained message of 64 B (the payload, a 40-byte
-//!   entry, chunk slack and run bookkeeping); 420 bytes per topic holding
-//!   one such message (so 100 000 topics cost about 42 MB);
-//! - appends: 6.7 M/s in memory; 4.8 M/s with a data directory under
-//!   `--fsync never` and 5.8 M/s under `interval` (a commit every 1000
-//!   appends); under `always`, one `fdatasync` per commit (4 ms here);
-//! - reading 1 M retained messages in batches of 1000: 217 M/s;
-//! - reopening a log of 1.1 M records (scan, CRC, rebuild): 4.1 M/s.
+//! - memory: 89 bytes per retained message of 64 B (the payload, a 24-byte
+//!   entry, chunk slack and run bookkeeping); 470 bytes per topic holding
+//!   one such message (so 100 000 topics cost about 47 MB);
+//! - appends: 9.2 M/s in memory on one topic, 2.4 M/s over 1000 topics
+//!   (a topic lookup, and a cache miss per topic); 3.9 M/s with a data
+//!   directory under `--fsync never` and 3.7 M/s under `interval` (a commit
+//!   every 1000 appends); under `always`, one `fdatasync` per commit;
+//! - reading 1 M retained messages in batches of 1000: 85 M/s;
+//! - reopening a log of 1.1 M records (scan, CRC, rebuild): 3.0 M/s.
 
 mod disk;
 mod queue;
@@ -94,12 +94,13 @@ mod topic;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::path::Path;
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 
 use disk::{Disk, SEGMENT_HEADER};
 use queue::{Job, Queue};
@@ -145,6 +146,11 @@ impl Default for Config {
     }
 }
 
+/// A topic of the store: an index, valid as long as the store, so that a
+/// caller can keep per-topic state of its own in a `Vec` and look a topic up
+/// by name once per message (see [`Store::topic_id`]).
+pub type TopicId = u32;
+
 /// A position in the stream of appends, for confirms: the n-th append
 /// (message, enqueue, ack, …) since the store was opened gets `Lsn` n.
 pub type Lsn = u64;
@@ -171,7 +177,7 @@ pub struct TopicInfo {
 pub struct Msg<'a> {
     pub seq: u64,
     pub time_ms: u64,
-    pub body: &'a Bytes,
+    pub body: &'a [u8],
 }
 
 /// The answer to [`Store::read`]: the gap, if any, then the messages.
@@ -180,6 +186,7 @@ pub struct Read<'a> {
     /// The position after the last message returned: where to read next.
     pub next: u64,
     seq: u64,
+    topic: Option<&'a Topic>,
     entries: std::collections::vec_deque::Iter<'a, Entry>,
 }
 
@@ -188,7 +195,8 @@ impl<'a> Iterator for Read<'a> {
     fn next(&mut self) -> Option<Msg<'a>> {
         let e = self.entries.next()?;
         self.seq += 1;
-        Some(Msg { seq: self.seq - 1, time_ms: e.time_ms, body: &e.body })
+        let body = self.topic.expect("entries come from a topic").body(e);
+        Some(Msg { seq: self.seq - 1, time_ms: e.time_ms, body })
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.entries.size_hint()
@@ -263,7 +271,7 @@ struct Segment {
     min_time: u64,
     max_time: u64,
     /// Topics with a message or mark in it, each once.
-    topics: Vec<u32>,
+    topics: Vec<TopicId>,
 }
 
 impl Segment {
@@ -277,7 +285,10 @@ impl Segment {
 pub struct Store {
     config: Config,
     epoch: u64,
-    topic_ids: HashMap<Box<[u8]>, u32>,
+    /// Topic and queue names are client input: foldhash is seeded at random
+    /// per process (no collisions to be precomputed) and several times
+    /// faster than SipHash on short names; one lookup per message.
+    topic_ids: HashMap<Box<[u8]>, TopicId>,
     topics: Vec<Topic>,
     queue_ids: HashMap<Box<[u8]>, u32>,
     queues: Vec<Queue>,
@@ -423,12 +434,34 @@ impl Store {
 
     // ---- topics ----
 
-    /// Appends a message to `topic`; returns its number.
-    pub fn append(&mut self, topic: &[u8], payload: &[u8], now_ms: u64) -> Appended {
-        let t = self.topic_id(topic);
+    /// The topic named `name`, created (empty, numbering from 1) if new.
+    pub fn topic_id(&mut self, name: &[u8]) -> TopicId {
+        if let Some(&t) = self.topic_ids.get(name) {
+            return t;
+        }
+        let t = TopicId::try_from(self.topics.len()).expect("fewer than 4 billion topics");
+        self.topics.push(Topic::new(name));
+        self.topic_ids.insert(name.into(), t);
+        t
+    }
+
+    /// The topic named `name`, if the store knows it.
+    pub fn find_topic(&self, name: &[u8]) -> Option<TopicId> {
+        self.topic_ids.get(name).copied()
+    }
+
+    pub fn topic_name(&self, t: TopicId) -> &[u8] {
+        &self.topics[t as usize].name
+    }
+
+    /// Appends a message to topic `t`; returns its number.
+    pub fn append(&mut self, t: TopicId, payload: &[u8], now_ms: u64) -> Appended {
         let seq = self.topics[t as usize].last() + 1;
-        let rec = Record::Message { topic, seq, time_ms: now_ms, payload };
-        let seg = self.log(&rec);
+        // The record borrows the name while `log` borrows the store: lend it
+        // (taking a `Box<[u8]>` leaves an empty one, no allocation).
+        let name = std::mem::take(&mut self.topics[t as usize].name);
+        let seg = self.log(&Record::Message { topic: &name, seq, time_ms: now_ms, payload });
+        self.topics[t as usize].name = name;
         self.apply_message(t, seq, now_ms, payload, seg);
         Appended { seq, ..self.after_append() }
     }
@@ -462,7 +495,7 @@ impl Store {
     /// A position past the newest message reads nothing (and no gap).
     pub fn read(&self, topic: &[u8], from: u64, max_msgs: usize, max_bytes: usize) -> Read<'_> {
         let Some(t) = self.topic(topic) else {
-            return Read { gap: None, next: from.max(1), seq: 0, entries: Default::default() };
+            return Read { gap: None, next: from.max(1), seq: 0, topic: None, entries: Default::default() };
         };
         let from = from.max(1);
         let gap = (from < t.first).then(|| Gap { first: from, last: t.first - 1 });
@@ -470,14 +503,15 @@ impl Store {
         let mut end = start;
         let mut bytes = 0;
         for e in t.entries.range(start..) {
-            if end - start == max_msgs || (end > start && bytes + e.body.len() > max_bytes) {
+            let len = t.body(e).len();
+            if end - start == max_msgs || (end > start && bytes + len > max_bytes) {
                 break;
             }
-            bytes += e.body.len();
+            bytes += len;
             end += 1;
         }
         let seq = t.first + start as u64;
-        Read { gap, next: seq + (end - start) as u64, seq, entries: t.entries.range(start..end) }
+        Read { gap, next: seq + (end - start) as u64, seq, topic: Some(t), entries: t.entries.range(start..end) }
     }
 
     /// The last `n` retained messages of `topic`, oldest first.
@@ -516,20 +550,10 @@ impl Store {
     }
 
     fn topic(&self, name: &[u8]) -> Option<&Topic> {
-        self.topic_ids.get(name).map(|&t| &self.topics[t as usize])
+        self.find_topic(name).map(|t| &self.topics[t as usize])
     }
 
-    fn topic_id(&mut self, name: &[u8]) -> u32 {
-        if let Some(&t) = self.topic_ids.get(name) {
-            return t;
-        }
-        let t = u32::try_from(self.topics.len()).expect("fewer than 4 billion topics");
-        self.topics.push(Topic::new(name));
-        self.topic_ids.insert(name.into(), t);
-        t
-    }
-
-    fn apply_message(&mut self, t: u32, seq: u64, time_ms: u64, payload: &[u8], seg: u64) {
+    fn apply_message(&mut self, t: TopicId, seq: u64, time_ms: u64, payload: &[u8], seg: u64) {
         let topic = &mut self.topics[t as usize];
         if seq <= topic.last() {
             return; // only a damaged log could repeat a number: keep the first
@@ -558,7 +582,7 @@ impl Store {
         }
     }
 
-    fn apply_mark(&mut self, t: u32, last: u64, seg: u64) {
+    fn apply_mark(&mut self, t: TopicId, last: u64, seg: u64) {
         let topic = &mut self.topics[t as usize];
         if topic.entries.is_empty() && last >= topic.last() {
             topic.first = last + 1;
@@ -567,17 +591,18 @@ impl Store {
         }
     }
 
-    fn drop_oldest(&mut self, t: u32) {
+    fn drop_oldest(&mut self, t: TopicId) {
         let topic = &mut self.topics[t as usize];
-        let len = topic.entries.front().map_or(0, |e| e.body.len() as u64);
+        let bytes = topic.bytes;
         if let Some(seg) = topic.pop() {
+            let len = bytes - self.topics[t as usize].bytes;
             self.seg_mut(seg).live -= 1;
             self.stats.messages -= 1;
             self.stats.bytes -= len;
         }
     }
 
-    fn list_topic(&mut self, t: u32, seg: u64) {
+    fn list_topic(&mut self, t: TopicId, seg: u64) {
         if self.topics[t as usize].listed_seg != Some(seg) {
             self.topics[t as usize].listed_seg = Some(seg);
             self.seg_mut(seg).topics.push(t);

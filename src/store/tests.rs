@@ -18,6 +18,14 @@ fn small(segment_bytes: u64) -> Config {
     Config { segment_bytes, ..config() }
 }
 
+impl Store {
+    /// Appends by name, as the channel server does: the topic's id, then the append.
+    fn put(&mut self, topic: &[u8], payload: &[u8], now_ms: u64) -> Appended {
+        let t = self.topic_id(topic);
+        self.append(t, payload, now_ms)
+    }
+}
+
 fn contents(s: &Store, topic: &[u8]) -> Vec<(u64, Vec<u8>)> {
     s.read(topic, 1, usize::MAX, usize::MAX).map(|m| (m.seq, m.body.to_vec())).collect()
 }
@@ -41,10 +49,10 @@ fn reopen(s: Store, dir: &Path) -> Store {
 #[test]
 fn each_topic_numbers_its_messages_from_one() {
     let mut s = Store::in_memory(config());
-    assert_eq!(s.append(b"a", b"x", 0).seq, 1);
-    assert_eq!(s.append(b"a", b"y", 0).seq, 2);
-    assert_eq!(s.append(b"b", b"z", 0).seq, 1);
-    assert_eq!(s.append(b"a", b"w", 0).seq, 3);
+    assert_eq!(s.put(b"a", b"x", 0).seq, 1);
+    assert_eq!(s.put(b"a", b"y", 0).seq, 2);
+    assert_eq!(s.put(b"b", b"z", 0).seq, 1);
+    assert_eq!(s.put(b"a", b"w", 0).seq, 3);
     assert_eq!(contents(&s, b"a"), [(1, b"x".to_vec()), (2, b"y".to_vec()), (3, b"w".to_vec())]);
     assert_eq!(s.info(b"a"), TopicInfo { first: 1, last: 3, messages: 3, bytes: 3 });
     assert_eq!(s.info(b"nope"), TopicInfo { first: 1, last: 0, messages: 0, bytes: 0 });
@@ -55,7 +63,7 @@ fn each_topic_numbers_its_messages_from_one() {
 fn reads_start_at_a_position_and_stop_at_the_limits() {
     let mut s = Store::in_memory(config());
     for i in 1..=10u8 {
-        s.append(b"t", &vec![i; i as usize], 0);
+        s.put(b"t", &vec![i; i as usize], 0);
     }
     let r = s.read(b"t", 4, 3, usize::MAX);
     assert_eq!((r.gap, r.next), (None, 7));
@@ -78,7 +86,7 @@ fn reads_start_at_a_position_and_stop_at_the_limits() {
 fn retention_by_count_keeps_the_newest_and_reports_the_gap() {
     let mut s = Store::in_memory(Config { retain_messages: 3, ..config() });
     for i in 0..10u8 {
-        s.append(b"t", &[i], 0);
+        s.put(b"t", &[i], 0);
     }
     assert_eq!(s.info(b"t"), TopicInfo { first: 8, last: 10, messages: 3, bytes: 3 });
     let r = s.read(b"t", 2, 10, 100);
@@ -92,12 +100,12 @@ fn retention_by_count_keeps_the_newest_and_reports_the_gap() {
 #[test]
 fn retention_by_bytes_keeps_at_least_the_newest() {
     let mut s = Store::in_memory(Config { retain_bytes: 10, ..config() });
-    s.append(b"t", &[1; 4], 0);
-    s.append(b"t", &[2; 4], 0);
+    s.put(b"t", &[1; 4], 0);
+    s.put(b"t", &[2; 4], 0);
     assert_eq!(s.info(b"t").messages, 2);
-    s.append(b"t", &[3; 4], 0);
+    s.put(b"t", &[3; 4], 0);
     assert_eq!(s.info(b"t"), TopicInfo { first: 2, last: 3, messages: 2, bytes: 8 });
-    s.append(b"t", &[4; 50], 0);
+    s.put(b"t", &[4; 50], 0);
     assert_eq!(s.info(b"t"), TopicInfo { first: 4, last: 4, messages: 1, bytes: 50 });
 }
 
@@ -105,8 +113,8 @@ fn retention_by_bytes_keeps_at_least_the_newest() {
 fn retention_by_age_goes_at_expire() {
     let mut s = Store::in_memory(Config { retain_age_ms: Some(1000), segment_bytes: 200, ..config() });
     for t in 0..20u64 {
-        s.append(b"slow", b"m", t * 100);
-        s.append(b"fast", b"m", t * 100);
+        s.put(b"slow", b"m", t * 100);
+        s.put(b"fast", b"m", t * 100);
     }
     s.expire(1500); // keeps what is younger than 1000 ms: times 600..=1900
     assert_eq!(s.info(b"slow").first, 7);
@@ -114,15 +122,15 @@ fn retention_by_age_goes_at_expire() {
     s.expire(1_000_000);
     assert_eq!(s.info(b"slow"), TopicInfo { first: 21, last: 20, messages: 0, bytes: 0 });
     assert_eq!(s.stats().segments, 1, "segments with nothing retained went");
-    assert_eq!(s.append(b"slow", b"again", 1_000_000).seq, 21);
+    assert_eq!(s.put(b"slow", b"again", 1_000_000).seq, 21);
 }
 
 #[test]
 fn the_total_bound_drops_the_oldest_first_whichever_the_topic() {
     let mut s = Store::in_memory(Config { retain_total: 2000, segment_bytes: 500, ..config() });
-    s.append(b"quiet", b"first", 0);
+    s.put(b"quiet", b"first", 0);
     for i in 0..100u32 {
-        s.append(b"busy", &i.to_le_bytes(), 1);
+        s.put(b"busy", &i.to_le_bytes(), 1);
     }
     let st = s.stats();
     assert!(st.log_bytes <= 2000 + 500, "{st:?}");
@@ -132,7 +140,7 @@ fn the_total_bound_drops_the_oldest_first_whichever_the_topic() {
     assert_eq!(busy.last, 100);
     assert!(busy.messages > 20 && busy.messages < 100, "{busy:?}");
     assert_eq!(st.evicted, 1 + 100 - busy.messages);
-    assert_eq!(s.append(b"quiet", b"second", 2).seq, 2);
+    assert_eq!(s.put(b"quiet", b"second", 2).seq, 2);
 }
 
 #[test]
@@ -140,7 +148,7 @@ fn ten_thousand_topics_are_cheap() {
     // (100 000 and their cost in bytes: examples/store_bench.rs)
     let mut s = Store::in_memory(config());
     for i in 0..10_000u32 {
-        s.append(format!("topic{i}").as_bytes(), b"m", 0);
+        s.put(format!("topic{i}").as_bytes(), b"m", 0);
     }
     assert_eq!(s.stats().topics, 10_000);
     assert_eq!(s.info(b"topic9999").last, 1);
@@ -151,14 +159,14 @@ fn group_commit_confirms_exactly_the_appends_since_the_last() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), Config { fsync: Fsync::Always, ..config() }, 0).unwrap();
     assert_eq!(s.commit(0).unwrap(), 1..1);
-    let a = s.append(b"t", b"1", 0).lsn;
+    let a = s.put(b"t", b"1", 0).lsn;
     let b = s.enqueue(b"q", b"job", 0).lsn;
-    let c = s.append(b"u", b"2", 0).lsn;
+    let c = s.put(b"u", b"2", 0).lsn;
     let d = s.ack(b"q", 1).unwrap();
     assert_eq!(s.commit(0).unwrap(), a..d + 1);
     assert_eq!([a, b, c, d], [1, 2, 3, 4]);
     assert_eq!(s.commit(0).unwrap(), 5..5);
-    let e = s.append(b"t", b"3", 0).lsn;
+    let e = s.put(b"t", b"3", 0).lsn;
     assert_eq!(s.commit(0).unwrap(), e..e + 1);
     assert_eq!(s.sync_due(), None, "always syncs in the commit");
     assert_eq!(s.ack(b"q", 1), None, "an unknown job is not logged");
@@ -168,14 +176,14 @@ fn group_commit_confirms_exactly_the_appends_since_the_last() {
 fn interval_syncs_when_due() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), Config { fsync: Fsync::Interval { ms: 1000 }, ..config() }, 0).unwrap();
-    s.append(b"t", b"1", 10);
+    s.put(b"t", b"1", 10);
     s.commit(10).unwrap();
     assert_eq!(s.sync_due(), Some(1000));
     s.commit(1000).unwrap();
     assert_eq!(s.sync_due(), None);
     // In-memory stores confirm at once and never need a sync.
     let mut m = Store::in_memory(config());
-    let a = m.append(b"t", b"1", 0).lsn;
+    let a = m.put(b"t", b"1", 0).lsn;
     assert_eq!(m.commit(0).unwrap(), a..a + 1);
     assert_eq!(m.sync_due(), None);
 }
@@ -185,8 +193,8 @@ fn a_reopened_log_has_every_message_number_and_the_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), small(300), 0).unwrap();
     for i in 0..50u32 {
-        s.append(b"a", &i.to_le_bytes(), 5);
-        s.append(b"b", &[7; 30], 6);
+        s.put(b"a", &i.to_le_bytes(), 5);
+        s.put(b"b", &[7; 30], 6);
     }
     s.commit(0).unwrap();
     let (epoch, a, b) = (s.epoch(), contents(&s, b"a"), contents(&s, b"b"));
@@ -195,7 +203,7 @@ fn a_reopened_log_has_every_message_number_and_the_epoch() {
     assert_eq!(s.epoch(), epoch);
     assert_eq!((contents(&s, b"a"), contents(&s, b"b")), (a, b));
     assert_eq!(s.recovery().cut_bytes, 0);
-    assert_eq!(s.append(b"a", b"next", 7).seq, 51);
+    assert_eq!(s.put(b"a", b"next", 7).seq, 51);
     s.commit(0).unwrap();
     let s = reopen(s, dir.path());
     assert_eq!(s.info(b"a").last, 51);
@@ -220,7 +228,7 @@ fn segments_roll_and_go_once_nothing_in_them_is_retained() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), Config { retain_messages: 5, ..small(200) }, 0).unwrap();
     for i in 0..200u32 {
-        s.append(b"t", &i.to_le_bytes(), 0);
+        s.put(b"t", &i.to_le_bytes(), 0);
         s.commit(0).unwrap();
     }
     let files = segments(dir.path());
@@ -237,19 +245,19 @@ fn numbering_survives_the_deletion_of_every_record_that_held_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), Config { retain_age_ms: Some(10), ..small(200) }, 0).unwrap();
     for _ in 0..5 {
-        s.append(b"gone", b"m", 0);
+        s.put(b"gone", b"m", 0);
     }
     s.enqueue(b"q", b"j", 0);
     s.ack(b"q", 1);
     for i in 0..100u64 {
-        s.append(b"busy", b"m", i);
+        s.put(b"busy", b"m", i);
         s.expire(i);
     }
     s.commit(100).unwrap();
     assert!(s.segs[0].id > 1, "the first segments went");
     let mut s = reopen(s, dir.path());
     assert_eq!(s.info(b"gone"), TopicInfo { first: 6, last: 5, messages: 0, bytes: 0 });
-    assert_eq!(s.append(b"gone", b"m", 200).seq, 6);
+    assert_eq!(s.put(b"gone", b"m", 200).seq, 6);
     assert_eq!(s.enqueue(b"q", b"j", 200).seq, 2);
 }
 
@@ -257,7 +265,7 @@ fn numbering_survives_the_deletion_of_every_record_that_held_it() {
 fn write_log(dir: &Path, n: u32) -> PathBuf {
     let mut s = Store::open(dir, config(), 0).unwrap();
     for i in 1..=n {
-        s.append(b"t", format!("message {i}").as_bytes(), i as u64);
+        s.put(b"t", format!("message {i}").as_bytes(), i as u64);
     }
     s.commit(0).unwrap();
     segments(dir).pop().unwrap()
@@ -275,7 +283,7 @@ fn a_torn_tail_is_cut_at_every_byte_of_the_last_record() {
         let mut s = Store::open(dir.path(), config(), 0).unwrap();
         assert_eq!(contents(&s, b"t"), [(1, b"message 1".to_vec()), (2, b"message 2".to_vec())], "cut at {cut}");
         assert_eq!(s.recovery().cut_bytes, (cut - start) as u64);
-        assert_eq!(s.append(b"t", b"again", 9).seq, 3);
+        assert_eq!(s.put(b"t", b"again", 9).seq, 3);
         s.commit(0).unwrap();
         let s = reopen(s, dir.path());
         assert_eq!(contents(&s, b"t").last().unwrap(), &(3, b"again".to_vec()), "cut at {cut}");
@@ -303,7 +311,7 @@ fn a_cut_in_an_older_segment_drops_the_later_ones() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), small(100), 0).unwrap();
     for i in 0..20u32 {
-        s.append(b"t", &i.to_le_bytes(), 0);
+        s.put(b"t", &i.to_le_bytes(), 0);
     }
     s.commit(0).unwrap();
     drop(s);
@@ -328,7 +336,7 @@ fn a_segment_created_but_never_written_is_dropped_at_open() {
     assert_eq!(s.info(b"t").last, 2);
     assert_eq!(s.recovery().cut_bytes, 5);
     assert!(!next.exists());
-    s.append(b"t", b"3", 0);
+    s.put(b"t", b"3", 0);
     s.commit(0).unwrap();
     assert_eq!(reopen(s, dir.path()).info(b"t").last, 3);
 }
@@ -340,7 +348,7 @@ fn always_syncs_across_segment_rollover() {
     let mut s = Store::open(dir.path(), config, 0).unwrap();
     for round in 0..3u32 {
         for i in 0..4u32 {
-            s.append(b"t", &(round * 4 + i).to_le_bytes(), 0);
+            s.put(b"t", &(round * 4 + i).to_le_bytes(), 0);
         }
         s.commit(0).unwrap();
     }
@@ -352,9 +360,9 @@ fn always_syncs_across_segment_rollover() {
 #[test]
 fn readers_share_the_stored_bodies() {
     let mut s = Store::in_memory(config());
-    s.append(b"t", b"shared body", 0);
-    let a = s.read(b"t", 1, 1, 100).next().unwrap().body.clone();
-    let b = s.history(b"t", 1).next().unwrap().body.clone();
+    s.put(b"t", b"shared body", 0);
+    let a = s.read(b"t", 1, 1, 100).next().unwrap().body;
+    let b = s.history(b"t", 1).next().unwrap().body;
     assert_eq!(a.as_ptr(), b.as_ptr(), "no copy per reader");
 }
 
@@ -395,7 +403,7 @@ fn pending_jobs_are_carried_forward_never_dropped() {
     s.set_tries(b"q", 1, 3);
     s.ack(b"q", 2);
     for i in 0..200u32 {
-        s.append(b"t", &i.to_le_bytes(), 0);
+        s.put(b"t", &i.to_le_bytes(), 0);
         s.commit(0).unwrap();
     }
     assert!(s.segs[0].id > 3, "the job's segment was released");
@@ -448,7 +456,7 @@ proptest! {
         for (i, op) in ops.iter().enumerate() {
             let time = i as u64;
             match *op {
-                Op::Append(t, n) => lsns.push(s.append(&[b't', t], &vec![t; n], time).lsn),
+                Op::Append(t, n) => lsns.push(s.put(&[b't', t], &vec![t; n], time).lsn),
                 Op::Enqueue(q) => lsns.push(s.enqueue(&[b'q', q], &[q; 5], time).lsn),
                 Op::Ack(q, id) => lsns.extend(s.ack(&[b'q', q], id)),
                 Op::Commit => {
@@ -482,11 +490,11 @@ fn advance_moves_an_empty_topic_up_only() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), Config::default(), 0).unwrap();
     assert!(s.advance(b"t", 100).is_some());
-    assert_eq!(s.append(b"t", b"a", 0).seq, 100);
+    assert_eq!(s.put(b"t", b"a", 0).seq, 100);
     assert_eq!(s.advance(b"t", 500), None, "it retains a message");
     assert_eq!(s.advance(b"u", 1), None);
     s.commit(0).unwrap();
     drop(s);
     let mut s = Store::open(dir.path(), Config::default(), 0).unwrap();
-    assert_eq!(s.append(b"t", b"b", 0).seq, 101);
+    assert_eq!(s.put(b"t", b"b", 0).seq, 101);
 }

@@ -1,27 +1,30 @@
 //! One topic's retained messages in memory: a window of consecutive numbers.
 //!
-//! Bodies are copied into a per-topic chunk (`BytesMut`) and handed out as
-//! `Bytes` slices of it, so a message costs its payload plus one 40-byte
-//! entry, not an allocation of its own, and a reader can keep a message past
-//! the call for the price of a reference count. A chunk is freed when the
-//! last message in it is trimmed. Chunks grow with the topic (half its
-//! retained bytes, 64 B to 64 KiB), so a quiet topic wastes little and a
-//! busy one allocates rarely; what a chunk holds beyond retention is at most
-//! one chunk per topic.
+//! Bodies are copied into per-topic chunks (plain `Vec<u8>`s allocated at
+//! their final size, so a body never moves) and an entry says where its body
+//! lies: a message costs its payload plus a 24-byte entry, not an allocation
+//! of its own, and appending is a copy with no reference counting (readers
+//! borrow bodies, and the channel server copies them into frames anyway). A
+//! chunk is freed when the last message in it is trimmed. Chunks grow with the
+//! topic (half its retained bytes, 64 B to 64 KiB), so a quiet topic wastes
+//! little and a busy one allocates rarely; what a chunk holds beyond retention
+//! is at most one chunk per topic.
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
-
 const MIN_CHUNK: usize = 64;
 const MAX_CHUNK: usize = 64 * 1024;
-/// Bigger payloads get an allocation of their own: sharing a chunk would
-/// only pin more memory.
+/// Bigger payloads get a chunk of their own: sharing one would only pin more
+/// memory.
 const OWN_ALLOCATION: usize = 16 * 1024;
 
 pub(super) struct Entry {
-    pub body: Bytes,
     pub time_ms: u64,
+    /// The chunk holding the body, numbered from the topic's first chunk
+    /// ever (wrapping), and the body's place in it.
+    chunk: u32,
+    off: u32,
+    len: u32,
 }
 
 /// The messages of one topic, numbered `first ..= last`.
@@ -32,7 +35,9 @@ pub(super) struct Topic {
     pub entries: VecDeque<Entry>,
     /// Payload bytes retained.
     pub bytes: u64,
-    chunk: BytesMut,
+    /// The bodies, oldest chunk first; `chunks[0]` is chunk number `chunk_base`.
+    chunks: VecDeque<Vec<u8>>,
+    chunk_base: u32,
     /// The log segment of each retained message, run-length encoded
     /// (segment id, count) in number order.
     pub runs: VecDeque<(u64, u64)>,
@@ -50,7 +55,8 @@ impl Topic {
             first: 1,
             entries: VecDeque::new(),
             bytes: 0,
-            chunk: BytesMut::new(),
+            chunks: VecDeque::new(),
+            chunk_base: 0,
             runs: VecDeque::new(),
             last_seg: 0,
             listed_seg: None,
@@ -62,26 +68,34 @@ impl Topic {
         self.first + self.entries.len() as u64 - 1
     }
 
+    /// The body of a retained message.
+    pub fn body(&self, e: &Entry) -> &[u8] {
+        let chunk = &self.chunks[e.chunk.wrapping_sub(self.chunk_base) as usize];
+        &chunk[e.off as usize..][..e.len as usize]
+    }
+
     /// Appends the next message (number `last + 1`), logged in segment `seg`.
     pub fn push(&mut self, payload: &[u8], time_ms: u64, seg: u64) {
-        let body = if payload.len() >= OWN_ALLOCATION {
-            Bytes::copy_from_slice(payload)
-        } else {
-            if self.chunk.capacity() - self.chunk.len() < payload.len() {
-                let size = (self.bytes as usize / 2).clamp(MIN_CHUNK, MAX_CHUNK).max(payload.len());
-                self.chunk = BytesMut::with_capacity(size);
-            }
-            self.chunk.extend_from_slice(payload);
-            self.chunk.split().freeze()
-        };
+        let len = payload.len();
+        if self.chunks.back().is_none_or(|c| c.capacity() - c.len() < len) {
+            let size = match len >= OWN_ALLOCATION {
+                true => len,
+                false => (self.bytes as usize / 2).clamp(MIN_CHUNK, MAX_CHUNK).max(len),
+            };
+            self.chunks.push_back(Vec::with_capacity(size));
+        }
+        let chunk = self.chunk_base.wrapping_add(self.chunks.len() as u32 - 1);
+        let c = self.chunks.back_mut().expect("a chunk with room");
+        let off = c.len() as u32;
+        c.extend_from_slice(payload); // within capacity: never reallocates
         if self.entries.capacity() == 0 {
             // Most topics of a server with very many hold few messages:
             // start at one entry, not the four `VecDeque` would allocate.
             self.entries.reserve_exact(1);
             self.runs.reserve_exact(1);
         }
-        self.entries.push_back(Entry { body, time_ms });
-        self.bytes += payload.len() as u64;
+        self.entries.push_back(Entry { time_ms, chunk, off, len: len as u32 });
+        self.bytes += len as u64;
         match self.runs.back_mut() {
             Some((s, n)) if *s == seg => *n += 1,
             _ => self.runs.push_back((seg, 1)),
@@ -93,17 +107,18 @@ impl Topic {
     pub fn pop(&mut self) -> Option<u64> {
         let e = self.entries.pop_front()?;
         self.first += 1;
-        self.bytes -= e.body.len() as u64;
+        self.bytes -= e.len as u64;
+        if self.entries.front().is_none_or(|next| next.chunk != e.chunk) {
+            // Its chunk held no newer message: free it (when nothing is
+            // left, the next chunk starts small again).
+            self.chunks.pop_front();
+            self.chunk_base = self.chunk_base.wrapping_add(1);
+        }
         let (seg, n) = self.runs.front_mut().expect("a run for every entry");
         let seg = *seg;
         *n -= 1;
         if *n == 0 {
             self.runs.pop_front();
-        }
-        if self.entries.is_empty() {
-            // Nothing refers to the chunk's filled part any more: start the
-            // next one small rather than keep a big one for a quiet topic.
-            self.chunk = BytesMut::new();
         }
         Some(seg)
     }
@@ -131,7 +146,7 @@ mod tests {
         assert_eq!(t.pop(), Some(1));
         assert_eq!(t.runs, [(2, 1)]);
         assert_eq!((t.first, t.last(), t.bytes), (3, 3, 3));
-        assert_eq!(&t.entries[0].body[..], b"ccc");
+        assert_eq!(t.body(&t.entries[0]), b"ccc");
         assert_eq!(t.pop(), Some(2));
         assert_eq!(t.pop(), None);
         assert_eq!((t.first, t.last(), t.bytes, t.last_seg), (4, 3, 0, 2));
@@ -148,8 +163,14 @@ mod tests {
         let big = vec![7u8; OWN_ALLOCATION];
         t.push(&big, 0, 1);
         for (i, e) in t.entries.iter().take(10_000).enumerate() {
-            assert_eq!(&e.body[..], &(i as u32).to_le_bytes());
+            assert_eq!(t.body(e), &(i as u32).to_le_bytes());
         }
-        assert_eq!(t.entries[10_000].body, big);
+        assert_eq!(t.body(&t.entries[10_000]), big);
+        for _ in 0..10_000 {
+            t.pop();
+        }
+        assert_eq!((t.chunks.len(), t.body(&t.entries[0])), (1, &big[..]), "emptied chunks are freed");
+        t.pop();
+        assert!(t.chunks.is_empty());
     }
 }

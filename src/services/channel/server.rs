@@ -1,12 +1,13 @@
 //! The channel server's service: one connection ("peer") per worker.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use foldhash::{HashSet, HashSetExt};
 use log::{debug, error, info, warn};
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -14,13 +15,14 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::queues::{Delivery, Queues};
+use super::subscriptions::Subscriptions;
 use crate::config::{ChannelConfig, FsyncPolicy, MAX_SECRET};
 use crate::protocol::frame::{self, Frame, FrameReader, FETCH_BYTES, FETCH_MESSAGES, MAX_FRAME, VERSION};
 use crate::protocol::topic;
 use crate::runtime::control::{ConnInfo, Retained, WorkerStats};
 use crate::runtime::event_loop::Service;
 use crate::runtime::outbound::{Frames, Outbound};
-use crate::store::{self, Lsn, Store};
+use crate::store::{self, Lsn, Store, TopicId};
 
 const READS_PER_EVENT: usize = 16;
 /// SUB/UNSUB frames handled per link and turn: a storm of subscriptions from
@@ -60,7 +62,7 @@ pub(super) struct Peer {
     reader: FrameReader,
     out: Outbound<Frames>,
     authed: bool,
-    topics: HashSet<Box<[u8]>>,
+    topics: HashSet<TopicId>,
     closing: bool,
     dirty: bool,
     bytes_in: u64,
@@ -182,8 +184,8 @@ pub(super) enum Request {
 pub(super) struct Staged {
     /// Their MSG frames, one after another.
     frames: Vec<u8>,
-    /// Per publish: where its frame ends in `frames`, and its Lsn.
-    ends: Vec<(usize, Lsn)>,
+    /// Per publish: where its frame ends in `frames`, its Lsn and topic.
+    ends: Vec<(usize, Lsn, TopicId)>,
     /// Publishes that asked for a PUBACK: (peer key, peer id, index in `ends`).
     confirms: Vec<(usize, u64, usize)>,
     /// Requests that read the store: (peer key, peer id, request).
@@ -203,7 +205,7 @@ pub struct ChannelServer {
     pub(super) deliveries: Vec<Delivery>,
     next_expire: Instant,
     pub(super) peers: Peers,
-    topics: HashMap<Box<[u8]>, Vec<usize>>,
+    subscriptions: Subscriptions,
     /// Most topics at this server, and per worker link.
     max_topics: usize,
     max_topics_per_worker: usize,
@@ -246,7 +248,7 @@ impl ChannelServer {
             deliveries: Vec::new(),
             next_expire: Instant::now(),
             peers: Peers { slab: Slab::new(), dirty: Vec::new(), congested: false, max_buffer: cfg.max_link_buffer },
-            topics: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             max_topics: cfg.max_topics,
             max_topics_per_worker: cfg.max_topics_per_worker,
             handshakes: Handshakes::default(),
@@ -419,13 +421,14 @@ impl ChannelServer {
                 Frame::Publish { confirm, topic, message } => {
                     self.msgs_in += 1;
                     let store = self.store.as_mut().expect("links are read once the store is open");
-                    let a = store.append(topic, message, now_ms);
+                    let t = store.topic_id(topic);
+                    let a = store.append(t, message, now_ms);
                     let st = &mut self.staged;
                     frame::put_msg(&mut st.frames, a.seq, topic, message);
                     if confirm {
                         st.confirms.push((key, self.peers.slab[key].id, st.ends.len()));
                     }
-                    st.ends.push((st.frames.len(), a.lsn));
+                    st.ends.push((st.frames.len(), a.lsn, t));
                 }
                 Frame::Fetch { req, from, limit, topic } => {
                     let r = Request::Fetch { req, from, limit, topic: topic.into() };
@@ -454,8 +457,9 @@ impl ChannelServer {
                 }
                 Frame::Unsub(topic) => {
                     *subs -= 1;
-                    if self.peers.slab[key].topics.remove(topic) {
-                        self.remove_subscriber(topic, key);
+                    let t = self.store.as_ref().expect("open").find_topic(topic);
+                    if let Some(t) = t.filter(|t| self.peers.slab[key].topics.remove(t)) {
+                        self.subscriptions.remove(t, key);
                     }
                 }
                 Frame::Ping => self.peers.push_frame(key, Frame::Pong),
@@ -473,22 +477,22 @@ impl ChannelServer {
     /// Adds a subscription unless it would cross a limit: only this SUB is
     /// refused, and the worker tells the client that asked.
     fn subscribe(&mut self, key: usize, topic: &[u8]) -> Result<(), String> {
+        let store = self.store.as_mut().expect("links are read once the store is open");
+        let known = store.find_topic(topic);
         let p = &mut self.peers.slab[key];
-        if p.topics.contains(topic) {
+        if known.is_some_and(|t| p.topics.contains(&t)) {
             return Ok(()); // SUB is idempotent
         }
         if p.topics.len() >= self.max_topics_per_worker {
             return Err(format!("too many topics on this worker (max {} per worker)", self.max_topics_per_worker));
         }
-        let (known, full) = (self.topics.contains_key(topic), self.topics.len() >= self.max_topics);
-        if !known && full {
+        let active = known.is_some_and(|t| !self.subscriptions.links(t).is_empty());
+        if !active && self.subscriptions.topics() >= self.max_topics {
             return Err(format!("too many topics at the channel server (max {})", self.max_topics));
         }
-        match self.topics.get_mut(topic) {
-            Some(subscribers) => subscribers.push(key),
-            None => drop(self.topics.insert(topic.into(), vec![key])),
-        }
-        p.topics.insert(topic.into());
+        let t = known.unwrap_or_else(|| store.topic_id(topic));
+        self.subscriptions.add(t, key);
+        p.topics.insert(t);
         Ok(())
     }
 
@@ -565,15 +569,13 @@ impl ChannelServer {
     /// append made before it), and confirms those that asked.
     fn forward(&mut self, committed: Range<Lsn>) {
         let st = std::mem::take(&mut self.staged.frames);
-        debug_assert!(self.staged.ends.last().is_none_or(|&(_, lsn)| committed.contains(&lsn)));
+        debug_assert!(self.staged.ends.last().is_none_or(|&(_, lsn, _)| committed.contains(&lsn)));
         let mut start = 0;
-        for &(end, _) in &self.staged.ends {
-            let f = &st[start..end];
-            if let Some(targets) = self.topics.get(msg_topic(f)) {
-                self.msgs_out += targets.len() as u64;
-                for &target in targets {
-                    self.peers.push(target, f);
-                }
+        for &(end, _, t) in &self.staged.ends {
+            let targets = self.subscriptions.links(t);
+            self.msgs_out += targets.len() as u64;
+            for &target in targets {
+                self.peers.push(target, &st[start..end]);
             }
             start = end;
         }
@@ -587,15 +589,6 @@ impl ChannelServer {
         self.staged.ends.clear();
         self.staged.frames = st;
         self.staged.frames.clear();
-    }
-
-    fn remove_subscriber(&mut self, topic: &[u8], key: usize) {
-        if let Some(subs) = self.topics.get_mut(topic) {
-            subs.retain(|k| *k != key);
-            if subs.is_empty() {
-                self.topics.remove(topic);
-            }
-        }
     }
 
     fn flush(&mut self, key: usize) {
@@ -654,8 +647,8 @@ impl ChannelServer {
     fn close(&mut self, reg: &Registry, key: usize) {
         let Some(mut p) = self.peers.slab.try_remove(key) else { return };
         let _ = reg.deregister(&mut p.stream);
-        for t in &p.topics {
-            self.remove_subscriber(t, key);
+        for &t in &p.topics {
+            self.subscriptions.remove(t, key);
         }
         self.unread.retain(|k| *k != key);
         self.to_close.retain(|k| *k != key); // closed before the end of the turn
@@ -867,7 +860,7 @@ impl Service for ChannelServer {
     fn stats(&self) -> WorkerStats {
         WorkerStats {
             connections: self.peers.slab.len() as u64,
-            topics: self.topics.len() as u64,
+            topics: self.subscriptions.topics() as u64,
             msgs_in: self.msgs_in,
             msgs_out: self.msgs_out,
             bytes_queued: self.peers.slab.iter().map(|(_, p)| p.out.queued() as u64).sum(),
@@ -886,6 +879,8 @@ impl Service for ChannelServer {
 
     fn list(&self) -> Vec<ConnInfo> {
         let pid = std::process::id();
+        let name =
+            |t: &TopicId| self.store.as_ref().map_or("?".into(), |s| String::from_utf8_lossy(s.topic_name(*t)).into());
         self.peers
             .slab
             .iter()
@@ -894,7 +889,7 @@ impl Service for ChannelServer {
                 id: p.id,
                 peer: p.addr.to_string(),
                 kind: "worker".into(),
-                topics: p.topics.iter().map(|t| String::from_utf8_lossy(t).into()).collect(),
+                topics: p.topics.iter().map(name).collect(),
                 queues: Vec::new(),
                 unacked: 0,
                 bytes_in: p.bytes_in,

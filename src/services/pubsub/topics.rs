@@ -6,8 +6,7 @@
 //! connection is told `OK subscribed` only once the channel server has
 //! acknowledged, so a publish made after that line reaches it.
 
-use std::collections::HashMap;
-
+use foldhash::HashMap;
 use indexmap::{IndexMap, IndexSet};
 
 use slab::Slab;
@@ -62,6 +61,8 @@ pub enum Remote {
 
 #[derive(Debug, Default)]
 pub struct Topics {
+    /// foldhash, not SipHash: one lookup per message received (see the
+    /// store's `topic_ids`).
     by_name: HashMap<Box<[u8]>, TopicId>,
     topics: Slab<Topic>,
 }

@@ -1,0 +1,69 @@
+//! Which worker links subscribe to which topic, by the store's topic id: a
+//! publish is looked up by name once (the store's append), and the links it
+//! goes to are an index away.
+
+use crate::store::TopicId;
+
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    /// The links of each topic, indexed by topic id (empty: none).
+    links: Vec<Vec<usize>>,
+    /// Topics with at least one link.
+    topics: usize,
+}
+
+impl Subscriptions {
+    /// The links subscribed to `t`.
+    pub fn links(&self, t: TopicId) -> &[usize] {
+        self.links.get(t as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Topics with at least one link.
+    pub fn topics(&self) -> usize {
+        self.topics
+    }
+
+    /// Adds link `key` to `t` (the caller checks it is not there yet).
+    pub fn add(&mut self, t: TopicId, key: usize) {
+        let i = t as usize;
+        if self.links.len() <= i {
+            self.links.resize_with(i + 1, Vec::new);
+        }
+        if self.links[i].is_empty() {
+            self.topics += 1;
+        }
+        self.links[i].push(key);
+    }
+
+    pub fn remove(&mut self, t: TopicId, key: usize) {
+        let Some(links) = self.links.get_mut(t as usize) else { return };
+        let before = links.len();
+        links.retain(|k| *k != key);
+        if before > 0 && links.is_empty() {
+            self.topics -= 1;
+            *links = Vec::new(); // give the memory back: most topics are short-lived or quiet
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_topics_with_links() {
+        let mut s = Subscriptions::default();
+        assert_eq!(s.links(7), &[] as &[usize]);
+        s.add(7, 1);
+        s.add(7, 2);
+        s.add(2, 1);
+        assert_eq!((s.links(7), s.topics()), (&[1, 2][..], 2));
+        s.remove(7, 1);
+        s.remove(7, 9);
+        assert_eq!((s.links(7), s.topics()), (&[2][..], 2));
+        s.remove(7, 2);
+        s.remove(7, 2);
+        s.remove(40, 2);
+        assert_eq!((s.links(7), s.topics()), (&[] as &[usize], 1));
+    }
+}
