@@ -138,32 +138,32 @@ fn main() {
     // Disk: appends with a commit every 1000 (one event-loop turn's worth).
     for (name, fsync) in [("never", Fsync::Never), ("interval 1000 ms", Fsync::Interval { ms: 1000 })] {
         let _ = std::fs::remove_dir_all(&dir);
-        let mut s = Store::open(&dir, Config { fsync, ..big() }, 0).unwrap();
+        let mut s = Store::open(&dir, Config { fsync, ..big() }).unwrap();
         let t = s.topic_id(b"topic");
         let start = clock();
         for i in 0..N {
             s.append(t, &PAYLOAD, 0);
             if i % 1000 == 999 {
-                s.commit(start.0.elapsed().as_millis() as u64).unwrap();
+                s.commit().unwrap();
             }
         }
-        s.commit(u64::MAX).unwrap();
+        s.commit().unwrap();
         rate(&format!("append, data dir, --fsync {name}, commit per 1000"), N, start);
     }
-    let mut s = Store::open(&dir, Config { fsync: Fsync::Always, ..big() }, 0).unwrap();
+    let mut s = Store::open(&dir, Config { fsync: Fsync::Always, ..big() }).unwrap();
     let t = s.topic_id(b"always");
     let start = clock();
     for _ in 0..1000 {
         for _ in 0..100 {
             s.append(t, &PAYLOAD, 0);
         }
-        s.commit(0).unwrap();
+        s.commit().unwrap();
     }
     rate("append, data dir, --fsync always, commit per 100", 100_000, start);
     drop(s);
 
     let start = clock();
-    let s = Store::open(&dir, big(), 0).unwrap();
+    let s = Store::open(&dir, big()).unwrap();
     rate("reopen (scan, check, rebuild)", s.recovery().records, start);
     assert_eq!(s.info(b"topic").messages, N);
     let _ = std::fs::remove_dir_all(&dir);

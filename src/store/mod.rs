@@ -52,9 +52,11 @@
 //!   returns exactly the `Lsn`s it confirmed. Confirm to clients only then.
 //!   Under `always` a confirmed append has been `fdatasync`ed; under
 //!   `interval` and `never` it has been written to the kernel (survives the
-//!   process being killed, not a power cut: `interval` loses at most
-//!   `interval` ms of confirmed appends then, `never` what the OS had not
-//!   flushed). Without a data directory everything is confirmed at once.
+//!   process being killed, not a power cut: `interval` loses at most the
+//!   confirmed appends of the last `interval` ms plus one `fdatasync`'s
+//!   duration then, since a thread of the disk log syncs once per interval
+//!   off the event loop; `never` what the OS had not flushed). Without a
+//!   data directory everything is confirmed at once.
 //! - **Recovery**: [`Store::open`] scans every segment, checks each
 //!   record's CRC32C, truncates a torn or corrupt tail (and drops any later
 //!   segment, so the log stays a prefix of what was written), and rebuilds
@@ -112,7 +114,8 @@ use topic::{Entry, Topic};
 pub enum Fsync {
     /// `fdatasync` in every commit that wrote something; confirms wait for it.
     Always,
-    /// `fdatasync` at most every `ms` milliseconds; confirms after `write`.
+    /// `fdatasync` every `ms` milliseconds on a thread of its own; confirms
+    /// after `write`.
     Interval { ms: u64 },
     /// Never sync; the OS flushes when it likes. Confirms after `write`.
     Never,
@@ -335,9 +338,9 @@ impl Store {
 
     /// Opens (creating if need be) the store in data directory `dir`:
     /// locks it, reads its epoch, scans its log and rebuilds topics and
-    /// queues. `now_ms` starts the fsync interval.
-    pub fn open(dir: &Path, config: Config, now_ms: u64) -> io::Result<Store> {
-        let opened = Disk::open(dir, config.fsync, now_ms)?;
+    /// queues.
+    pub fn open(dir: &Path, config: Config) -> io::Result<Store> {
+        let opened = Disk::open(dir, config.fsync)?;
         let ids = opened.segments;
         let mut store = Store::empty(config, opened.epoch, Some(opened.disk));
         let mut cut: Option<(u64, u64, String)> = None; // segment, length kept, why
@@ -875,20 +878,15 @@ impl Store {
 
     /// Writes and syncs what was appended (see [`Fsync`]); returns the
     /// appends this call confirmed: every [`Lsn`] in the range, and only
-    /// those. Call once per event-loop turn, and at [`Store::sync_due`].
-    /// After an error the disk log stays stopped: exit and reopen.
-    pub fn commit(&mut self, now_ms: u64) -> io::Result<Range<Lsn>> {
+    /// those. Call once per event-loop turn. After an error (under
+    /// `interval` also one of the sync thread, reported by the next commit)
+    /// the disk log stays stopped: exit and reopen.
+    pub fn commit(&mut self) -> io::Result<Range<Lsn>> {
         if let Some(disk) = &mut self.disk {
-            disk.commit(now_ms)?;
+            disk.commit()?;
         }
         let confirmed = self.confirmed + 1..self.appended + 1;
         self.confirmed = self.appended;
         Ok(confirmed)
-    }
-
-    /// Under `--fsync interval`, when a commit must run to sync what was
-    /// written (for the event loop's timeout); `None` when nothing waits.
-    pub fn sync_due(&self) -> Option<u64> {
-        self.disk.as_ref().and_then(Disk::sync_due)
     }
 }

@@ -1,6 +1,7 @@
 //! Tests of the store as a whole: numbering, reading, retention, the disk
 //! log's recovery, group commit and queue records. Time is an argument, so
-//! none of this waits or depends on the clock.
+//! none of this depends on the clock; only the test of the sync thread waits
+//! (for its failure, with a generous bound).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 fn reopen(s: Store, dir: &Path) -> Store {
     let config = s.config().clone();
     drop(s);
-    Store::open(dir, config, 0).unwrap()
+    Store::open(dir, config).unwrap()
 }
 
 #[test]
@@ -157,46 +158,68 @@ fn ten_thousand_topics_are_cheap() {
 #[test]
 fn group_commit_confirms_exactly_the_appends_since_the_last() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), Config { fsync: Fsync::Always, ..config() }, 0).unwrap();
-    assert_eq!(s.commit(0).unwrap(), 1..1);
+    let mut s = Store::open(dir.path(), Config { fsync: Fsync::Always, ..config() }).unwrap();
+    assert_eq!(s.commit().unwrap(), 1..1);
     let a = s.put(b"t", b"1", 0).lsn;
     let b = s.enqueue(b"q", b"job", 0).lsn;
     let c = s.put(b"u", b"2", 0).lsn;
     let d = s.ack(b"q", 1).unwrap();
-    assert_eq!(s.commit(0).unwrap(), a..d + 1);
+    assert_eq!(s.commit().unwrap(), a..d + 1);
     assert_eq!([a, b, c, d], [1, 2, 3, 4]);
-    assert_eq!(s.commit(0).unwrap(), 5..5);
+    assert_eq!(s.commit().unwrap(), 5..5);
     let e = s.put(b"t", b"3", 0).lsn;
-    assert_eq!(s.commit(0).unwrap(), e..e + 1);
-    assert_eq!(s.sync_due(), None, "always syncs in the commit");
+    assert_eq!(s.commit().unwrap(), e..e + 1);
     assert_eq!(s.ack(b"q", 1), None, "an unknown job is not logged");
 }
 
 #[test]
-fn interval_syncs_when_due() {
+fn interval_confirms_after_the_write_and_syncs_off_the_loop() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), Config { fsync: Fsync::Interval { ms: 1000 }, ..config() }, 0).unwrap();
-    s.put(b"t", b"1", 10);
-    s.commit(10).unwrap();
-    assert_eq!(s.sync_due(), Some(1000));
-    s.commit(1000).unwrap();
-    assert_eq!(s.sync_due(), None);
-    // In-memory stores confirm at once and never need a sync.
-    let mut m = Store::in_memory(config());
-    let a = m.put(b"t", b"1", 0).lsn;
-    assert_eq!(m.commit(0).unwrap(), a..a + 1);
-    assert_eq!(m.sync_due(), None);
+    // An interval no test waits for: the commit must not depend on the sync.
+    let hour = Config { fsync: Fsync::Interval { ms: 3_600_000 }, ..small(100) };
+    let mut s = Store::open(dir.path(), hour).unwrap();
+    let mut lsns = Vec::new();
+    for i in 0..12u32 {
+        lsns.push(s.put(b"t", &i.to_le_bytes(), 0).lsn);
+    }
+    assert_eq!(s.commit().unwrap().collect::<Vec<_>>(), lsns);
+    // Confirmed means written: what a process killed now leaves on disk.
+    let on_disk: u64 = segments(dir.path()).iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(on_disk, s.stats().log_bytes);
+    assert!(segments(dir.path()).len() >= 3, "rolled across segments");
+    let s = reopen(s, dir.path());
+    assert_eq!(contents(&s, b"t").len(), 12);
+    drop(s);
+
+    // A sync of the thread that fails (a file that cannot be synced) stops
+    // the log: the next commit says so, and every one after.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), Config { fsync: Fsync::Interval { ms: 1 }, ..config() }).unwrap();
+    s.put(b"t", b"synced", 0);
+    s.commit().unwrap();
+    let null = fs::OpenOptions::new().write(true).open("/dev/null").unwrap();
+    s.disk.as_mut().unwrap().replace_head(null);
+    s.put(b"t", b"lost", 0);
+    s.commit().unwrap();
+    let err = (0..10_000)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            s.commit().err()
+        })
+        .expect("the failed sync reported within 10 s");
+    assert!(err.to_string().contains("sync thread failed"), "{err}");
+    assert!(s.commit().is_err(), "stays stopped");
 }
 
 #[test]
 fn a_reopened_log_has_every_message_number_and_the_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), small(300), 0).unwrap();
+    let mut s = Store::open(dir.path(), small(300)).unwrap();
     for i in 0..50u32 {
         s.put(b"a", &i.to_le_bytes(), 5);
         s.put(b"b", &[7; 30], 6);
     }
-    s.commit(0).unwrap();
+    s.commit().unwrap();
     let (epoch, a, b) = (s.epoch(), contents(&s, b"a"), contents(&s, b"b"));
     assert!(segments(dir.path()).len() > 5);
     let mut s = reopen(s, dir.path());
@@ -204,32 +227,32 @@ fn a_reopened_log_has_every_message_number_and_the_epoch() {
     assert_eq!((contents(&s, b"a"), contents(&s, b"b")), (a, b));
     assert_eq!(s.recovery().cut_bytes, 0);
     assert_eq!(s.put(b"a", b"next", 7).seq, 51);
-    s.commit(0).unwrap();
+    s.commit().unwrap();
     let s = reopen(s, dir.path());
     assert_eq!(s.info(b"a").last, 51);
     assert_eq!(s.read(b"a", 51, 1, 100).next().unwrap().time_ms, 7);
 
     let other = tempfile::tempdir().unwrap();
-    assert_ne!(Store::open(other.path(), config(), 0).unwrap().epoch(), epoch);
+    assert_ne!(Store::open(other.path(), config()).unwrap().epoch(), epoch);
 }
 
 #[test]
 fn a_directory_is_opened_by_one_store_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path(), config(), 0).unwrap();
-    let err = Store::open(dir.path(), config(), 0).err().expect("locked");
+    let s = Store::open(dir.path(), config()).unwrap();
+    let err = Store::open(dir.path(), config()).err().expect("locked");
     assert!(err.to_string().contains("another process"), "{err}");
     drop(s);
-    Store::open(dir.path(), config(), 0).unwrap();
+    Store::open(dir.path(), config()).unwrap();
 }
 
 #[test]
 fn segments_roll_and_go_once_nothing_in_them_is_retained() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), Config { retain_messages: 5, ..small(200) }, 0).unwrap();
+    let mut s = Store::open(dir.path(), Config { retain_messages: 5, ..small(200) }).unwrap();
     for i in 0..200u32 {
         s.put(b"t", &i.to_le_bytes(), 0);
-        s.commit(0).unwrap();
+        s.commit().unwrap();
     }
     let files = segments(dir.path());
     assert!(files.len() <= 3, "{files:?}");
@@ -243,7 +266,7 @@ fn segments_roll_and_go_once_nothing_in_them_is_retained() {
 #[test]
 fn numbering_survives_the_deletion_of_every_record_that_held_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), Config { retain_age_ms: Some(10), ..small(200) }, 0).unwrap();
+    let mut s = Store::open(dir.path(), Config { retain_age_ms: Some(10), ..small(200) }).unwrap();
     for _ in 0..5 {
         s.put(b"gone", b"m", 0);
     }
@@ -253,7 +276,7 @@ fn numbering_survives_the_deletion_of_every_record_that_held_it() {
         s.put(b"busy", b"m", i);
         s.expire(i);
     }
-    s.commit(100).unwrap();
+    s.commit().unwrap();
     assert!(s.segs[0].id > 1, "the first segments went");
     let mut s = reopen(s, dir.path());
     assert_eq!(s.info(b"gone"), TopicInfo { first: 6, last: 5, messages: 0, bytes: 0 });
@@ -263,11 +286,11 @@ fn numbering_survives_the_deletion_of_every_record_that_held_it() {
 
 /// Writes `n` messages to topic `t` and closes; returns the log's last file.
 fn write_log(dir: &Path, n: u32) -> PathBuf {
-    let mut s = Store::open(dir, config(), 0).unwrap();
+    let mut s = Store::open(dir, config()).unwrap();
     for i in 1..=n {
         s.put(b"t", format!("message {i}").as_bytes(), i as u64);
     }
-    s.commit(0).unwrap();
+    s.commit().unwrap();
     segments(dir).pop().unwrap()
 }
 
@@ -280,11 +303,11 @@ fn a_torn_tail_is_cut_at_every_byte_of_the_last_record() {
     let start = full.len() - rec_len;
     for cut in start..full.len() {
         fs::write(&last, &full[..cut]).unwrap();
-        let mut s = Store::open(dir.path(), config(), 0).unwrap();
+        let mut s = Store::open(dir.path(), config()).unwrap();
         assert_eq!(contents(&s, b"t"), [(1, b"message 1".to_vec()), (2, b"message 2".to_vec())], "cut at {cut}");
         assert_eq!(s.recovery().cut_bytes, (cut - start) as u64);
         assert_eq!(s.put(b"t", b"again", 9).seq, 3);
-        s.commit(0).unwrap();
+        s.commit().unwrap();
         let s = reopen(s, dir.path());
         assert_eq!(contents(&s, b"t").last().unwrap(), &(3, b"again".to_vec()), "cut at {cut}");
     }
@@ -299,7 +322,7 @@ fn a_corrupt_record_cuts_the_log_there_and_says_so() {
     let third = SEGMENT_HEADER.len() + 2 * rec_len;
     bytes[third + rec_len - 1] ^= 0x40; // the last payload byte of message 3
     fs::write(&last, &bytes).unwrap();
-    let s = Store::open(dir.path(), config(), 0).unwrap();
+    let s = Store::open(dir.path(), config()).unwrap();
     assert_eq!(s.info(b"t").last, 2);
     assert_eq!(s.recovery().cut_bytes, 3 * rec_len as u64);
     assert!(s.recovery().cut_reason.as_deref().unwrap().contains("Corrupt"));
@@ -309,16 +332,16 @@ fn a_corrupt_record_cuts_the_log_there_and_says_so() {
 #[test]
 fn a_cut_in_an_older_segment_drops_the_later_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), small(100), 0).unwrap();
+    let mut s = Store::open(dir.path(), small(100)).unwrap();
     for i in 0..20u32 {
         s.put(b"t", &i.to_le_bytes(), 0);
     }
-    s.commit(0).unwrap();
+    s.commit().unwrap();
     drop(s);
     let files = segments(dir.path());
     let first = fs::read(&files[0]).unwrap();
     fs::write(&files[0], &first[..first.len() - 1]).unwrap();
-    let s = Store::open(dir.path(), small(100), 0).unwrap();
+    let s = Store::open(dir.path(), small(100)).unwrap();
     assert_eq!(segments(dir.path()), files[..1]);
     let kept = s.info(b"t");
     assert!(kept.last >= 1 && kept.last < 20, "{kept:?}");
@@ -332,12 +355,12 @@ fn a_segment_created_but_never_written_is_dropped_at_open() {
     let next = dir.path().join(format!("{:020}.log", 2));
     assert!(last.ends_with(format!("{:020}.log", 1)));
     fs::write(&next, &SEGMENT_HEADER[..5]).unwrap(); // the crash came mid-header
-    let mut s = Store::open(dir.path(), config(), 0).unwrap();
+    let mut s = Store::open(dir.path(), config()).unwrap();
     assert_eq!(s.info(b"t").last, 2);
     assert_eq!(s.recovery().cut_bytes, 5);
     assert!(!next.exists());
     s.put(b"t", b"3", 0);
-    s.commit(0).unwrap();
+    s.commit().unwrap();
     assert_eq!(reopen(s, dir.path()).info(b"t").last, 3);
 }
 
@@ -345,12 +368,12 @@ fn a_segment_created_but_never_written_is_dropped_at_open() {
 fn always_syncs_across_segment_rollover() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config { fsync: Fsync::Always, ..small(100) };
-    let mut s = Store::open(dir.path(), config, 0).unwrap();
+    let mut s = Store::open(dir.path(), config).unwrap();
     for round in 0..3u32 {
         for i in 0..4u32 {
             s.put(b"t", &(round * 4 + i).to_le_bytes(), 0);
         }
-        s.commit(0).unwrap();
+        s.commit().unwrap();
     }
     assert!(segments(dir.path()).len() >= 3);
     let s = reopen(s, dir.path());
@@ -369,7 +392,7 @@ fn readers_share_the_stored_bodies() {
 #[test]
 fn queue_records_rebuild_the_pending_jobs_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), config(), 0).unwrap();
+    let mut s = Store::open(dir.path(), config()).unwrap();
     for i in 1..=5u8 {
         assert_eq!(s.enqueue(b"q", &[i], 10 + i as u64).seq, i as u64);
     }
@@ -377,7 +400,7 @@ fn queue_records_rebuild_the_pending_jobs_at_open() {
     s.set_tries(b"q", 3, 2).unwrap();
     assert_eq!(s.move_job(b"q", 4, b"q.dead", 20).unwrap().seq, 1);
     assert_eq!(s.move_job(b"q", 4, b"q.dead", 20), None, "already moved");
-    s.commit(0).unwrap();
+    s.commit().unwrap();
     let jobs = |s: &Store, q: &[u8]| -> Vec<(u64, u32, Vec<u8>)> {
         s.jobs(q).map(|j| (j.id, j.tries, j.payload.to_vec())).collect()
     };
@@ -397,14 +420,14 @@ fn queue_records_rebuild_the_pending_jobs_at_open() {
 fn pending_jobs_are_carried_forward_never_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config { retain_total: 1000, ..small(300) };
-    let mut s = Store::open(dir.path(), config.clone(), 0).unwrap();
+    let mut s = Store::open(dir.path(), config.clone()).unwrap();
     s.enqueue(b"q", b"old job", 0);
     s.enqueue(b"q", b"acked", 0);
     s.set_tries(b"q", 1, 3);
     s.ack(b"q", 2);
     for i in 0..200u32 {
         s.put(b"t", &i.to_le_bytes(), 0);
-        s.commit(0).unwrap();
+        s.commit().unwrap();
     }
     assert!(s.segs[0].id > 3, "the job's segment was released");
     assert!(s.stats().log_bytes <= 1300);
@@ -419,7 +442,7 @@ fn an_epoch_file_is_required_beside_segments() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 1);
     fs::remove_file(dir.path().join("epoch")).unwrap();
-    let err = Store::open(dir.path(), config(), 0).err().expect("no epoch");
+    let err = Store::open(dir.path(), config()).err().expect("no epoch");
     assert!(err.to_string().contains("no epoch file"), "{err}");
 }
 
@@ -448,10 +471,11 @@ proptest! {
     #[test]
     fn reopening_rebuilds_the_same_state(ops in proptest::collection::vec(op(), 1..150),
                                           retain_messages in 1..20u64, retain_bytes in 1..200u64,
-                                          retain_total in 1500..4000u64, segment_bytes in 60..400u64) {
+                                          retain_total in 1500..4000u64, segment_bytes in 60..400u64,
+                                          fsync in prop_oneof![Just(Fsync::Never), Just(Fsync::Interval { ms: 1 })]) {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config { retain_messages, retain_bytes, retain_total, segment_bytes, ..config() };
-        let mut s = Store::open(dir.path(), config.clone(), 0).unwrap();
+        let config = Config { retain_messages, retain_bytes, retain_total, segment_bytes, fsync, ..config() };
+        let mut s = Store::open(dir.path(), config.clone()).unwrap();
         let mut lsns = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let time = i as u64;
@@ -460,14 +484,14 @@ proptest! {
                 Op::Enqueue(q) => lsns.push(s.enqueue(&[b'q', q], &[q; 5], time).lsn),
                 Op::Ack(q, id) => lsns.extend(s.ack(&[b'q', q], id)),
                 Op::Commit => {
-                    let confirmed = s.commit(time).unwrap();
+                    let confirmed = s.commit().unwrap();
                     prop_assert_eq!(confirmed.collect::<Vec<_>>(), std::mem::take(&mut lsns));
                 }
             }
             let st = s.stats();
             prop_assert!(st.log_bytes <= retain_total + segment_bytes + 100, "{:?}", st);
         }
-        s.commit(0).unwrap();
+        s.commit().unwrap();
         let state = |s: &Store| {
             let topics: Vec<_> = (0..4u8).map(|t| (s.info(&[b't', t]), contents(s, &[b't', t]))).collect();
             let queues: Vec<Vec<_>> = (0..2u8).map(|q| s.jobs(&[b'q', q]).map(|j| (j.id, j.payload.to_vec())).collect()).collect();
@@ -488,13 +512,13 @@ proptest! {
 #[test]
 fn advance_moves_an_empty_topic_up_only() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), Config::default(), 0).unwrap();
+    let mut s = Store::open(dir.path(), Config::default()).unwrap();
     assert!(s.advance(b"t", 100).is_some());
     assert_eq!(s.put(b"t", b"a", 0).seq, 100);
     assert_eq!(s.advance(b"t", 500), None, "it retains a message");
     assert_eq!(s.advance(b"u", 1), None);
-    s.commit(0).unwrap();
+    s.commit().unwrap();
     drop(s);
-    let mut s = Store::open(dir.path(), Config::default(), 0).unwrap();
+    let mut s = Store::open(dir.path(), Config::default()).unwrap();
     assert_eq!(s.put(b"t", b"b", 0).seq, 101);
 }

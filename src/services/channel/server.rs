@@ -274,7 +274,7 @@ impl ChannelServer {
             self.store = Some(Store::in_memory(config));
             return;
         };
-        match Store::open(dir, config, wall_ms()) {
+        match Store::open(dir, config) {
             Ok(mut store) => {
                 let r = store.recovery();
                 info!(
@@ -520,8 +520,7 @@ impl ChannelServer {
     /// restarts it, and the log is recovered up to what was written.
     fn commit(&mut self) {
         let Some(store) = &mut self.store else { return };
-        let now = wall_ms();
-        let committed = match store.commit(now) {
+        let committed = match store.commit() {
             Ok(r) => r,
             Err(e) => {
                 error!("cannot write the message log: {e}; exiting (a restart recovers what was written)");
@@ -829,12 +828,7 @@ impl Service for ChannelServer {
         } else {
             let stall = self.peers.slab.iter().filter_map(|(_, p)| p.stalled_since).min().map(|t| t + STALL_TIMEOUT);
             let linger = self.peers.slab.iter().filter_map(|(_, p)| p.linger).min();
-            let sync = self
-                .store
-                .as_ref()
-                .and_then(Store::sync_due)
-                .map(|due| now + Duration::from_millis(due.saturating_sub(wall_ms())));
-            [stall, linger, handshake, log, sync, expire, self.open_retry, jobs_due].into_iter().flatten().min()
+            [stall, linger, handshake, log, expire, self.open_retry, jobs_due].into_iter().flatten().min()
         }
     }
 
