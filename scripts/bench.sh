@@ -24,7 +24,9 @@
 #   --bench-args "A"  extra arguments for every fanout-bench run (e.g. --sub-threads 1)
 # Environment: SUB_WORKERS, DS_WORKERS (worker processes of our subscriber and
 #   data-source servers; default one per core each, as they would be
-#   deployed), SEND_QUEUE (their --max-send-queue),
+#   deployed), SEND_QUEUE (their --max-send-queue), CHANNEL_ARGS (more
+#   arguments for our channel server, e.g. "--retain-messages 1000" or
+#   "--data-dir /tmp/d --fsync interval"),
 #   FANOUT_REV (what to call the measured build in the header; default: the
 #   git revision when built here, else the --bin-dir path).
 #
@@ -141,7 +143,8 @@ start_fanout() { # start_fanout <dir>
     local q=()
     [ -n "$SEND_QUEUE" ] && q=(--max-send-queue "$SEND_QUEUE")
     STOP="stop_fanout $d"
-    "$BIN_DIR/channel-server" start --listen "127.0.0.1:$ch" --pid-file "$d/ch.pid" --log-file "$d/ch.log" -d >>"$d/start.log" 2>&1 &&
+    # shellcheck disable=SC2086 # CHANNEL_ARGS is a list of arguments
+    "$BIN_DIR/channel-server" start --listen "127.0.0.1:$ch" ${CHANNEL_ARGS:-} --pid-file "$d/ch.pid" --log-file "$d/ch.log" -d >>"$d/start.log" 2>&1 &&
     "$BIN_DIR/subscriber" start --listen "127.0.0.1:$sp" --channel "127.0.0.1:$ch" --count "$SUB_WORKERS" "${q[@]}" \
         --pid-file "$d/sub.pid" --log-file "$d/sub.log" -d >>"$d/start.log" 2>&1 &&
     "$BIN_DIR/data-source" start --listen "127.0.0.1:$dp" --channel "127.0.0.1:$ch" --count "$DS_WORKERS" "${q[@]}" \
