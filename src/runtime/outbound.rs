@@ -7,7 +7,10 @@
 //! shared with other queues: a batch of messages for one topic is encoded
 //! once per worker into an `Rc<[u8]>`, and each subscriber's queue holds a
 //! reference to it, so fanning a batch out to N subscribers costs N
-//! reference-count increments and no copy. A flush writes up to 1024 chunks
+//! reference-count increments and no copy. A batch for one subscriber only
+//! is copied into its queue instead (coalesced with the batches before it):
+//! with many topics of one subscriber each, a shared chunk would cost an
+//! allocation per message. A flush writes up to 1024 chunks
 //! per `writev` (`send` when there is one), handling short writes.
 //!
 //! A queue of frames (`Outbound<Frames>`) holds whole frames of the channel
@@ -37,6 +40,24 @@ enum Chunk {
     Shared { bytes: Rc<[u8]>, msgs: u32 },
     /// Bytes of this queue only (replies, frames, control lines).
     Owned(Vec<u8>),
+    /// Batches of `msgs` messages in all, copied into this queue only.
+    Copied { bytes: Vec<u8>, msgs: u32 },
+}
+
+/// A batch of messages to queue (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+pub enum Batch<'a> {
+    Shared(&'a Rc<[u8]>),
+    Copy(&'a [u8]),
+}
+
+impl Batch<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Batch::Shared(b) => b,
+            Batch::Copy(b) => b,
+        }
+    }
 }
 
 /// The unwritten part of chunk `i` (the front one is `head` bytes in), at
@@ -50,7 +71,7 @@ impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Shared { bytes, .. } => bytes,
-            Chunk::Owned(v) => v,
+            Chunk::Owned(v) | Chunk::Copied { bytes: v, .. } => v,
         }
     }
 }
@@ -243,21 +264,34 @@ impl<K: Kind> Outbound<K> {
 }
 
 impl Outbound<Lines> {
-    /// Queues a batch shared with other queues.
-    pub fn push_shared(&mut self, bytes: &Rc<[u8]>, msgs: u32) {
-        self.queued += bytes.len();
-        self.chunks.push_back(Chunk::Shared { bytes: Rc::clone(bytes), msgs });
+    /// Queues a batch of `msgs` messages.
+    pub fn push_batch(&mut self, batch: Batch<'_>, msgs: u32) {
+        self.queued += batch.bytes().len();
+        match batch {
+            Batch::Shared(bytes) => self.chunks.push_back(Chunk::Shared { bytes: Rc::clone(bytes), msgs }),
+            Batch::Copy(bytes) => match self.chunks.back_mut() {
+                Some(Chunk::Copied { bytes: v, msgs: m }) if v.len() + bytes.len() <= OWNED_CHUNK => {
+                    v.extend_from_slice(bytes);
+                    *m += msgs;
+                }
+                _ => {
+                    let mut v = Vec::with_capacity(bytes.len().max(OWNED_CHUNK));
+                    v.extend_from_slice(bytes);
+                    self.chunks.push_back(Chunk::Copied { bytes: v, msgs });
+                }
+            },
+        }
     }
 
     /// Drops every chunk not yet started, keeping the rest of a partly
     /// written one so the stream stays at a line boundary. Returns the
-    /// messages of the shared batches dropped.
+    /// messages of the batches dropped.
     pub fn discard_unsent(&mut self) -> u64 {
         let keep = usize::from(self.head > 0);
         let mut dropped = 0;
         for c in self.chunks.drain(keep..) {
             self.queued -= c.bytes().len();
-            if let Chunk::Shared { msgs, .. } = c {
+            if let Chunk::Shared { msgs, .. } | Chunk::Copied { msgs, .. } = c {
                 dropped += u64::from(msgs);
             }
         }
@@ -386,10 +420,10 @@ mod tests {
         let mut q = Outbound::<Lines>::default();
         let shared: Rc<[u8]> = Rc::from(&b"m1\nm2\n"[..]);
         q.push(&[b"OK ", b"a\n"]);
-        q.push_shared(&shared, 2);
+        q.push_batch(Batch::Shared(&shared), 2);
         q.push(&[b"PONG\n"]);
         for _ in 0..2000 {
-            q.push_shared(&shared, 2);
+            q.push_batch(Batch::Shared(&shared), 2);
         }
         let mut w = Trickle { got: Vec::new(), max: 7, limit: 20 };
         q.write_to(&mut w).unwrap();
@@ -406,9 +440,9 @@ mod tests {
     fn discard_keeps_partial_head() {
         let mut q = Outbound::<Lines>::default();
         let shared: Rc<[u8]> = Rc::from(&b"abcdef\n"[..]);
-        q.push_shared(&shared, 1);
-        q.push_shared(&shared, 1);
-        q.push_shared(&shared, 1);
+        q.push_batch(Batch::Shared(&shared), 1);
+        q.push_batch(Batch::Shared(&shared), 1);
+        q.push_batch(Batch::Shared(&shared), 1);
         let mut w = Trickle { got: Vec::new(), max: 3, limit: 3 };
         q.write_to(&mut w).unwrap();
         assert_eq!(q.discard_unsent(), 2);
@@ -416,6 +450,22 @@ mod tests {
         w.limit = usize::MAX;
         q.write_to(&mut w).unwrap();
         assert_eq!(w.got, b"abcdef\nERR slow consumer\n");
+    }
+
+    #[test]
+    fn copied_batches_coalesce_in_order_and_count_when_dropped() {
+        let mut q = Outbound::<Lines>::default();
+        q.push_batch(Batch::Copy(b"a1\na2\n"), 2);
+        q.push(&[b"OK\n"]);
+        q.push_batch(Batch::Copy(b"b1\n"), 1);
+        q.push_batch(Batch::Copy(b"b2\n"), 1);
+        assert_eq!(q.chunks.len(), 3, "consecutive copies share a chunk");
+        let mut w = Trickle { got: Vec::new(), max: 2, limit: 2 };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(q.discard_unsent(), 2, "the partly written batch stays; b1, b2 are dropped and counted");
+        w.limit = usize::MAX;
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.got, b"a1\na2\n");
     }
 
     #[test]

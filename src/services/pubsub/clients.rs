@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, SocketAddr};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexSet;
@@ -21,7 +20,7 @@ use crate::config::Lagging;
 use crate::protocol::input::Input;
 use crate::protocol::reply;
 use crate::protocol::websocket::{self, code};
-use crate::runtime::outbound::Outbound;
+use crate::runtime::outbound::{Batch, Outbound};
 
 /// How long a client being closed gets to take its last output.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -396,8 +395,8 @@ impl Clients {
 
     /// Queues a shared batch of `msgs` lines for one subscriber; a slow one
     /// is cut off (`check_queue`) and the others are not held back.
-    pub fn deliver(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) {
-        if self.push_delivery(key, bytes, msgs) {
+    pub fn deliver(&mut self, key: usize, batch: Batch<'_>, msgs: u32) {
+        if self.push_delivery(key, batch, msgs) {
             self.check_queue(key);
         }
     }
@@ -406,21 +405,21 @@ impl Clients {
     /// asked for them only with half its send queue free, so they are never
     /// a reason to cut it off (one answer may hold up to 256 KiB, or one
     /// larger message).
-    pub fn deliver_fetched(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) {
-        if self.push_delivery(key, bytes, msgs) {
+    pub fn deliver_fetched(&mut self, key: usize, batch: Batch<'_>, msgs: u32) {
+        if self.push_delivery(key, batch, msgs) {
             let c = &mut self.slab[key];
             mark_dirty(&mut self.dirty, c, key);
         }
     }
 
     /// Queues a delivery unless the client is closing (then it is dropped).
-    fn push_delivery(&mut self, key: usize, bytes: &Rc<[u8]>, msgs: u32) -> bool {
+    fn push_delivery(&mut self, key: usize, batch: Batch<'_>, msgs: u32) -> bool {
         let c = &mut self.slab[key];
         if c.closing {
             self.counters.dropped += u64::from(msgs);
             return false;
         }
-        c.out.push_shared(bytes, msgs);
+        c.out.push_batch(batch, msgs);
         self.counters.msgs_out += u64::from(msgs);
         true
     }

@@ -23,6 +23,7 @@ use crate::config::Lagging;
 use crate::protocol::frame::{self, Frame, FETCH_MESSAGES};
 use crate::protocol::reply;
 use crate::protocol::websocket;
+use crate::runtime::outbound::Batch;
 
 /// Topics with a batch of lines waiting to be delivered, and topics with
 /// readers that are positions.
@@ -194,7 +195,7 @@ impl Batches {
         for id in self.touched.drain(..) {
             let t = topics.get_mut(id);
             let msgs = std::mem::take(&mut t.batch_msgs);
-            let mut forms = Forms::default();
+            let mut forms = Forms::for_readers(t.subscribers.len());
             let mut behind = Vec::new();
             for &key in &t.subscribers {
                 let c = &clients.slab[key];
@@ -205,7 +206,7 @@ impl Batches {
                     }
                     out
                 });
-                let over = c.out.queued() + chunk.len() > clients.max_send_queue;
+                let over = c.out.queued() + chunk.bytes().len() > clients.max_send_queue;
                 if over && clients.lagging == Lagging::Gap && !c.closing {
                     behind.push(key); // it is not taking them fast enough: see `fall_behind`
                     continue;
@@ -300,7 +301,7 @@ impl Batches {
         if count > 0 {
             let mut plain = Vec::with_capacity(messages.len() + 32 * count as usize);
             frame::fetched(messages).for_each(|m| reply::received(&mut plain, topic, m));
-            let mut forms = Forms::default();
+            let mut forms = Forms::for_readers(c.clients.len());
             for &key in &c.clients {
                 let cl = &clients.slab[key];
                 let chunk = forms.get(cl.wire, cl.seq, &plain, || {
@@ -320,23 +321,34 @@ impl Batches {
 
 /// The encodings of one batch of deliveries, each made the first time a
 /// reader needs it: plain lines, numbered lines (`seq on`), and each of those
-/// as WebSocket text frames, one per line.
-#[derive(Default)]
-struct Forms([Option<Rc<[u8]>>; 4]);
+/// as WebSocket text frames, one per line. Shared by reference among the
+/// readers, except for a sole reader of lines, whose queue takes a copy: an
+/// allocation per batch would cost more (with many topics of one subscriber
+/// each, a batch is often one message).
+struct Forms {
+    readers: usize,
+    numbered: Option<Vec<u8>>,
+    shared: [Option<Rc<[u8]>>; 4],
+}
 
 impl Forms {
-    fn get(&mut self, wire: Wire, seq: bool, plain: &[u8], numbered: impl FnOnce() -> Vec<u8>) -> &Rc<[u8]> {
-        if seq && self.0[1].is_none() {
-            self.0[1] = Some(numbered().into());
+    fn for_readers(readers: usize) -> Forms {
+        Forms { readers, numbered: None, shared: Default::default() }
+    }
+
+    fn get<'a>(&'a mut self, wire: Wire, seq: bool, plain: &'a [u8], numbered: impl FnOnce() -> Vec<u8>) -> Batch<'a> {
+        let Forms { readers, numbered: made, shared } = self;
+        let lines: &[u8] = match seq {
+            true => made.get_or_insert_with(numbered),
+            false => plain,
+        };
+        if *readers == 1 && wire == Wire::Lines {
+            return Batch::Copy(lines);
         }
-        let i = 2 * usize::from(wire == Wire::WebSocket) + usize::from(seq);
-        if self.0[i].is_none() {
-            let lines = if seq { self.0[1].as_deref().expect("made above") } else { plain };
-            self.0[i] = Some(match wire {
-                Wire::Lines => Rc::from(lines),
-                Wire::WebSocket => websocket::frames_of_lines(lines).into(),
-            });
-        }
-        self.0[i].as_ref().expect("made above")
+        let form = &mut shared[2 * usize::from(wire == Wire::WebSocket) + usize::from(seq)];
+        Batch::Shared(form.get_or_insert_with(|| match wire {
+            Wire::Lines => Rc::from(lines),
+            Wire::WebSocket => websocket::frames_of_lines(lines).into(),
+        }))
     }
 }
