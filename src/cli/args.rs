@@ -169,8 +169,9 @@ pub struct ChannelArgs {
     pub data_dir: Option<PathBuf>,
     /// With --data-dir: `always` syncs every event-loop turn's writes before
     /// confirming or forwarding them (a power cut loses nothing confirmed);
-    /// `interval` syncs every --fsync-interval-ms (a power cut loses at most
-    /// that much; a crash of the server alone loses nothing); `never` leaves
+    /// `interval` syncs every --fsync-interval-ms on a thread of its own (a
+    /// power cut loses at most that much plus one sync's duration; a crash
+    /// of the server alone loses nothing); `never` leaves
     /// syncing to the OS
     #[arg(long, value_enum, default_value = "interval")]
     pub fsync: FsyncArg,
