@@ -28,18 +28,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 command -v valgrind >/dev/null || { echo "callgrind-topics.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-[ "$BUILD" = 1 ] && cargo build --release -q --bins
-OUT=$(mktemp -d)
+INSTALL=0
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh # builds if asked; `listening`
+OUT=$(mktemp -d) # kept: the callgrind files, for callgrind_annotate
 echo "callgrind files in $OUT"
-
-wait_port() { # wait_port <port>: up to 30 s (a server under valgrind starts slowly)
-    for _ in $(seq 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "callgrind-topics.sh: nothing listens on port $1" >&2
-    return 1
-}
 
 # run <server under callgrind>: one run of the scenario.
 run() {
@@ -64,11 +57,11 @@ run() {
     }
     trap stop_all RETURN
     start channel-server --listen "127.0.0.1:$ch" --pid-file "$d/channel-server.pid"
-    wait_port "$ch"
+    listening "$ch" 30 # a server under valgrind starts slowly
     start subscriber --listen "127.0.0.1:$sp" --channel "127.0.0.1:$ch" --count 1 --pid-file "$d/subscriber.pid"
     start data-source --listen "127.0.0.1:$dp" --channel "127.0.0.1:$ch" --count 1 --pid-file "$d/data-source.pid"
-    wait_port "$sp"
-    wait_port "$dp"
+    listening "$sp" 30
+    listening "$dp" 30
     "$BIN/fanout-bench" run --proto fanout --scenario topics --topics 1000 --messages "$N" \
         --pub-addr "127.0.0.1:$dp" --sub-addr "127.0.0.1:$sp" >"$d/bench.out" 2>&1 ||
         { cat "$d/bench.out" >&2; return 1; }
