@@ -342,6 +342,46 @@ fn a_subscriber_behind_the_retention_gets_gap_lines() {
     c.stop();
 }
 
+/// A client publishing to ever new topic names does not grow the channel
+/// server without bound (it did: every topic was remembered for good): past
+/// `--max-topics`, the least recently published topics nobody subscribes to
+/// are forgotten, counted in `status`, and a client resuming one is told by a
+/// GAP line that its messages are gone, never served silence; a subscribed
+/// topic keeps its numbers and its subscribers.
+#[test]
+fn ever_new_topic_names_are_forgotten_past_the_bound_and_resumers_told() {
+    let c = Cluster::start_with(1, 1, &["--max-topics", "100"], &[], &[]);
+    let mut kept = c.subscriber.connect();
+    switch_on(&mut kept, "seq");
+    kept.subscribe(&["kept"]);
+    let mut p = c.source.connect();
+    switch_on(&mut p, "confirm");
+    p.send("pub kept first");
+    assert_eq!(published(&p.line(), "kept"), 1);
+    const N: usize = 1000;
+    for k in 0..N {
+        p.send(&format!("pub t{k} m"));
+    }
+    for k in 0..N {
+        let line = p.line();
+        assert!(line.starts_with(&format!("OK published t{k}#")), "{line}");
+    }
+    let retained = &c.channel.status()["workers"][0]["retained"];
+    let (topics, forgotten) = (retained["topics"].as_u64().unwrap(), retained["forgotten"].as_u64().unwrap());
+    assert!(topics <= 101, "at most 100 unsubscribed topics and the subscribed one: {retained}");
+    assert_eq!(topics + forgotten, N as u64 + 1, "{retained}");
+    let mut late = c.subscriber.connect();
+    late.send("resume t0 1");
+    late.expect("OK subscribed t0 from 1");
+    let gap = late.line();
+    assert!(gap.starts_with("GAP [t0] 1-"), "the first topic was forgotten: {gap}");
+    p.send("pub kept second");
+    assert_eq!(published(&p.line(), "kept"), 2);
+    assert_eq!(numbered(&kept.line()), ("kept".into(), 1, "first".into()));
+    assert_eq!(numbered(&kept.line()), ("kept".into(), 2, "second".into()));
+    c.stop();
+}
+
 /// A second channel server on a data directory in use is refused at `start`,
 /// with what to do; the first keeps serving.
 #[test]

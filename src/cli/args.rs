@@ -155,8 +155,11 @@ pub struct ChannelArgs {
     /// required when listening on a non-loopback address
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
-    /// Most topics the channel server holds (each costs about 200 bytes); a SUB
-    /// past it is refused, and the client that asked gets an ERR line
+    /// Most topics subscribed at the channel server (each costs about 340
+    /// bytes): a SUB past it is refused, and the client that asked gets an ERR
+    /// line. Also the most topics kept that nobody subscribes to (about 470
+    /// bytes each): past it the least recently published are forgotten with
+    /// their retained messages (counted in `status`; a resume gets a GAP)
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_topics: usize,
     /// Most topics one worker may subscribe to; a SUB past it is refused the same way

@@ -416,8 +416,9 @@ fn print_status(s: &Status) {
     );
     for w in s.workers.iter().filter_map(|w| w.stats.retained) {
         println!(
-            "retained: {} message(s), {} bytes of payload, {} topic(s); {} bytes of log",
-            w.messages, w.bytes, w.topics, w.log_bytes
+            "retained: {} message(s), {} bytes of payload, {} topic(s); {} bytes of log; \
+             {} message(s) evicted early, {} topic(s) forgotten",
+            w.messages, w.bytes, w.topics, w.log_bytes, w.evicted, w.forgotten
         );
     }
     for w in &s.workers {

@@ -130,6 +130,12 @@ pub struct Retained {
     pub topics: u64,
     /// Bytes of log (on disk with a data directory).
     pub log_bytes: u64,
+    /// Messages dropped early by the total bounds (`--retain-total`,
+    /// `--max-topics`), and topics forgotten.
+    #[serde(default)]
+    pub evicted: u64,
+    #[serde(default)]
+    pub forgotten: u64,
 }
 
 /// One client connection, for `connections`.

@@ -19,6 +19,20 @@
 //!   are deleted). A store without a data directory starts from 1 again;
 //!   its [`Store::epoch`] is new, so a client holding a position of an older
 //!   epoch can be told (the service compares epochs and reports a gap).
+//! - **Topics are forgotten** when nothing needs them any more, so that
+//!   clients choosing ever new names cannot grow the store without bound: a
+//!   topic that is not subscribed ([`Store::hold`]) and retains nothing is
+//!   forgotten when the segment holding its last record goes; and past
+//!   `max_topics` unsubscribed topics, the oldest segments are released (as
+//!   for `retain_total`) until the least recently published ones are gone.
+//!   Its numbers must still never be given out again, yet remembering them
+//!   per name is the unbounded memory this avoids. So names are hashed into
+//!   a fixed table of floors ([`FLOOR_BUCKETS`], a stable hash because it is
+//!   logged): forgetting raises its bucket's floor to the topic's last
+//!   number, a topic created later numbers above its bucket's floor, and a
+//!   read of a position at or below it gets a [`Gap`]. A new name sharing a
+//!   bucket with a forgotten one therefore may start above 1: the price of
+//!   bounded memory, paid only after topics were forgotten.
 //! - **Readers are positions**: [`Store::read`] returns the retained
 //!   messages from a number on, borrowed from the store (copy what you
 //!   keep), plus the [`Gap`] of numbers that are gone if the position
@@ -134,6 +148,9 @@ pub struct Config {
     pub retain_total: u64,
     pub segment_bytes: u64,
     pub fsync: Fsync,
+    /// Most topics kept that nobody subscribes to (see "Topics are
+    /// forgotten" above).
+    pub max_topics: u64,
 }
 
 impl Default for Config {
@@ -145,14 +162,34 @@ impl Default for Config {
             retain_total: 512 << 20,
             segment_bytes: 32 << 20,
             fsync: Fsync::Interval { ms: 1000 },
+            max_topics: 1 << 20,
         }
     }
 }
 
-/// A topic of the store: an index, valid as long as the store, so that a
-/// caller can keep per-topic state of its own in a `Vec` and look a topic up
-/// by name once per message (see [`Store::topic_id`]).
+/// A topic of the store: an index, so that a caller can keep per-topic state
+/// of its own in a `Vec` and look a topic up by name once per message (see
+/// [`Store::topic_id`]). Valid while the topic is held, and until the next
+/// commit otherwise: the id of a topic forgotten is given to a new one only
+/// after the next [`Store::commit`].
 pub type TopicId = u32;
+
+/// Buckets of numbering floors (see "Topics are forgotten"). Part of the log
+/// format: a `Floor` record names its bucket.
+pub const FLOOR_BUCKETS: usize = 4096;
+
+/// The floor bucket of a topic name: CRC32C, the same in every process.
+fn bucket(name: &[u8]) -> usize {
+    crc32c::crc32c(name) as usize % FLOOR_BUCKETS
+}
+
+/// The highest number a forgotten topic of a bucket had, and the segment of
+/// the `Floor` record that says so.
+#[derive(Clone, Copy, Default)]
+struct Floor {
+    last: u64,
+    seg: u64,
+}
 
 /// A position in the stream of appends, for confirms: the n-th append
 /// (message, enqueue, ack, …) since the store was opened gets `Lsn` n.
@@ -261,8 +298,11 @@ pub struct Stats {
     pub log_bytes: u64,
     pub segments: u64,
     /// Messages dropped before their topic's own bounds said so, because
-    /// the log reached `retain_total`.
+    /// the log reached `retain_total` or there were more than `max_topics`
+    /// unsubscribed topics.
     pub evicted: u64,
+    /// Topics forgotten (see "Topics are forgotten").
+    pub forgotten: u64,
 }
 
 /// One segment's bookkeeping.
@@ -293,6 +333,13 @@ pub struct Store {
     /// faster than SipHash on short names; one lookup per message.
     topic_ids: HashMap<Box<[u8]>, TopicId>,
     topics: Vec<Topic>,
+    /// Ids of forgotten topics, to be given to new ones; and those forgotten
+    /// since the last commit, not given out before it.
+    free_ids: Vec<TopicId>,
+    freed: Vec<TopicId>,
+    /// Topics held (subscribed).
+    held: usize,
+    floors: Box<[Floor]>,
     queue_ids: HashMap<Box<[u8]>, u32>,
     queues: Vec<Queue>,
     /// Oldest first; ids consecutive; the last is the one appended to.
@@ -324,6 +371,10 @@ impl Store {
             epoch,
             topic_ids: HashMap::new(),
             topics: Vec::new(),
+            free_ids: Vec::new(),
+            freed: Vec::new(),
+            held: 0,
+            floors: vec![Floor::default(); FLOOR_BUCKETS].into(),
             queue_ids: HashMap::new(),
             queues: Vec::new(),
             segs: VecDeque::new(),
@@ -406,7 +457,7 @@ impl Store {
         }
         store.log_bytes = store.segs.iter().map(|s| s.bytes).sum();
         store.collect();
-        store.enforce_total();
+        store.enforce_bounds();
         Ok(store)
     }
 
@@ -427,7 +478,7 @@ impl Store {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            topics: self.topics.len() as u64,
+            topics: self.topic_ids.len() as u64,
             queues: self.queues.len() as u64,
             log_bytes: self.log_bytes,
             segments: self.segs.len() as u64,
@@ -437,15 +488,81 @@ impl Store {
 
     // ---- topics ----
 
-    /// The topic named `name`, created (empty, numbering from 1) if new.
+    /// The topic named `name`, created if new: empty, numbering from above
+    /// its bucket's floor (from 1 unless topics were forgotten).
     pub fn topic_id(&mut self, name: &[u8]) -> TopicId {
         if let Some(&t) = self.topic_ids.get(name) {
             return t;
         }
-        let t = TopicId::try_from(self.topics.len()).expect("fewer than 4 billion topics");
-        self.topics.push(Topic::new(name));
+        let t = self.new_topic(name);
+        self.topics[t as usize].first = self.floors[bucket(name)].last + 1;
+        t
+    }
+
+    /// The topic named `name` as records name it, created numbering from 1:
+    /// a record carries its own number.
+    fn record_topic(&mut self, name: &[u8]) -> TopicId {
+        match self.topic_ids.get(name) {
+            Some(&t) => t,
+            None => self.new_topic(name),
+        }
+    }
+
+    fn new_topic(&mut self, name: &[u8]) -> TopicId {
+        let t = match self.free_ids.pop() {
+            Some(t) => {
+                self.topics[t as usize] = Topic::new(name);
+                t
+            }
+            None => {
+                self.topics.push(Topic::new(name));
+                TopicId::try_from(self.topics.len() - 1).expect("fewer than 4 billion topics")
+            }
+        };
         self.topic_ids.insert(name.into(), t);
         t
+    }
+
+    /// Marks topic `t` subscribed: it is not forgotten until [`Store::release`].
+    pub fn hold(&mut self, t: TopicId) {
+        let topic = &mut self.topics[t as usize];
+        if !topic.held {
+            topic.held = true;
+            self.held += 1;
+        }
+    }
+
+    /// Marks topic `t` no longer subscribed. One that never had a record is
+    /// forgotten at once (no segment would ever forget it); its id stays
+    /// valid until the next commit.
+    pub fn release(&mut self, t: TopicId) {
+        let topic = &mut self.topics[t as usize];
+        if topic.held {
+            topic.held = false;
+            self.held -= 1;
+            if topic.listed_seg.is_none() {
+                self.forget(t);
+            }
+        }
+    }
+
+    /// Forgets topic `t`, which retains nothing: raises its bucket's floor
+    /// to its last number, logged.
+    fn forget(&mut self, t: TopicId) {
+        debug_assert!(self.topics[t as usize].entries.is_empty() && !self.topics[t as usize].held);
+        let topic = std::mem::replace(&mut self.topics[t as usize], Topic::new(b""));
+        self.topic_ids.remove(&topic.name);
+        self.freed.push(t);
+        self.stats.forgotten += 1;
+        let b = bucket(&topic.name);
+        if topic.last() > self.floors[b].last {
+            self.log_applied(&Record::Floor { bucket: b as u32, last: topic.last() });
+        }
+    }
+
+    /// Whether more topics than `max_topics` are unsubscribed.
+    fn too_many_topics(&self) -> bool {
+        (self.topic_ids.len() - self.held) as u64 > self.config.max_topics
     }
 
     /// The topic named `name`, if the store knows it.
@@ -486,10 +603,7 @@ impl Store {
         if !current.entries.is_empty() || next <= current.last() + 1 {
             return None;
         }
-        let rec = Record::TopicMark { topic, last: next - 1 };
-        let seg = self.log(&rec);
-        self.apply(&rec, seg);
-        Some(self.after_append().lsn)
+        self.append_record(&Record::TopicMark { topic, last: next - 1 })
     }
 
     /// The retained messages of `topic` numbered `from` or later, at most
@@ -497,10 +611,13 @@ impl Store {
     /// payload; and the gap if `from` is older than the oldest retained.
     /// A position past the newest message reads nothing (and no gap).
     pub fn read(&self, topic: &[u8], from: u64, max_msgs: usize, max_bytes: usize) -> Read<'_> {
-        let Some(t) = self.topic(topic) else {
-            return Read { gap: None, next: from.max(1), seq: 0, topic: None, entries: Default::default() };
-        };
         let from = from.max(1);
+        let Some(t) = self.topic(topic) else {
+            // Perhaps a topic forgotten: numbers up to the floor are gone.
+            let floor = self.floors[bucket(topic)].last;
+            let gap = (from <= floor).then_some(Gap { first: from, last: floor });
+            return Read { gap, next: from.max(floor + 1), seq: 0, topic: None, entries: Default::default() };
+        };
         let gap = (from < t.first).then(|| Gap { first: from, last: t.first - 1 });
         let start = t.index(from);
         let mut end = start;
@@ -527,7 +644,10 @@ impl Store {
     pub fn info(&self, topic: &[u8]) -> TopicInfo {
         match self.topic(topic) {
             Some(t) => TopicInfo { first: t.first, last: t.last(), messages: t.entries.len() as u64, bytes: t.bytes },
-            None => TopicInfo { first: 1, last: 0, messages: 0, bytes: 0 },
+            None => {
+                let floor = self.floors[bucket(topic)].last;
+                TopicInfo { first: floor + 1, last: floor, messages: 0, bytes: 0 }
+            }
         }
     }
 
@@ -562,8 +682,9 @@ impl Store {
             return; // only a damaged log could repeat a number: keep the first
         }
         if seq != topic.last() + 1 {
-            // Numbers missing in the log (only after damage): what is
-            // retained must be consecutive, so start again at `seq`.
+            // A name forgotten and numbering on above its floor, or numbers
+            // missing in the log (only after damage): what is retained must
+            // be consecutive, so start again at `seq`.
             while self.topics[t as usize].entries.front().is_some() {
                 self.drop_oldest(t);
             }
@@ -618,9 +739,7 @@ impl Store {
     pub fn enqueue(&mut self, queue: &[u8], payload: &[u8], now_ms: u64) -> Appended {
         let q = self.queue_id(queue);
         let id = self.queues[q].next_id;
-        let rec = Record::Enqueue { queue, id, tries: 0, time_ms: now_ms, payload };
-        let seg = self.log(&rec);
-        self.apply(&rec, seg);
+        self.log_applied(&Record::Enqueue { queue, id, tries: 0, time_ms: now_ms, payload });
         Appended { seq: id, ..self.after_append() }
     }
 
@@ -712,12 +831,17 @@ impl Store {
     fn apply(&mut self, rec: &Record, seg: u64) {
         match *rec {
             Record::Message { topic, seq, time_ms, payload } => {
-                let t = self.topic_id(topic);
+                let t = self.record_topic(topic);
                 self.apply_message(t, seq, time_ms, payload, seg);
             }
             Record::TopicMark { topic, last } => {
-                let t = self.topic_id(topic);
+                let t = self.record_topic(topic);
                 self.apply_mark(t, last, seg);
+            }
+            Record::Floor { bucket, last } => {
+                if let Some(f) = self.floors.get_mut(bucket as usize).filter(|f| last >= f.last) {
+                    *f = Floor { last, seg };
+                }
             }
             Record::Enqueue { queue, id, tries, time_ms, payload } => {
                 let q = self.queue_id(queue);
@@ -758,16 +882,25 @@ impl Store {
 
     /// Logs and applies a record that is an append of its own.
     fn append_record(&mut self, rec: &Record) -> Option<Lsn> {
+        self.log_applied(rec);
+        Some(self.after_append().lsn)
+    }
+
+    /// Logs and applies a record that no client waits for (marks, floors,
+    /// jobs carried forward): it is written with the next commit.
+    fn log_applied(&mut self, rec: &Record) {
         let seg = self.log(rec);
         self.apply(rec, seg);
-        Some(self.after_append().lsn)
     }
 
     fn after_append(&mut self) -> Appended {
         self.appended += 1;
-        if self.segs.front().is_some_and(|s| s.live == 0) || self.log_bytes > self.config.retain_total {
+        if self.segs.front().is_some_and(|s| s.live == 0)
+            || self.log_bytes > self.config.retain_total
+            || self.too_many_topics()
+        {
             self.collect();
-            self.enforce_total();
+            self.enforce_bounds();
         }
         Appended { seq: 0, lsn: self.appended }
     }
@@ -777,13 +910,11 @@ impl Store {
     fn log(&mut self, rec: &Record) -> u64 {
         let len = rec.encoded_len() as u64;
         let head = self.segs.back().expect("a head segment");
-        if head.bytes > SEGMENT_HEADER.len() as u64 && head.bytes + len > self.config.segment_bytes {
-            let id = head.id + 1;
-            self.segs.push_back(Segment::new(id));
-            self.log_bytes += SEGMENT_HEADER.len() as u64;
-            if let Some(disk) = &mut self.disk {
-                disk.roll(id);
-            }
+        // A segment names at most half of `max_topics` topics, so that
+        // releasing the oldest for that bound forgets the least recently
+        // published topics, not all of them.
+        if head.bytes + len > self.config.segment_bytes || head.topics.len() as u64 > self.config.max_topics / 2 {
+            self.roll();
         }
         if let Some(disk) = &mut self.disk {
             rec.encode(disk.buf());
@@ -791,6 +922,19 @@ impl Store {
         self.log_bytes += len;
         self.note_logged(rec, len);
         self.segs.back().expect("a head segment").id
+    }
+
+    /// Starts a new head segment, unless the head is empty.
+    fn roll(&mut self) {
+        let head = self.segs.back().expect("a head segment");
+        if head.bytes > SEGMENT_HEADER.len() as u64 {
+            let id = head.id + 1;
+            self.segs.push_back(Segment::new(id));
+            self.log_bytes += SEGMENT_HEADER.len() as u64;
+            if let Some(disk) = &mut self.disk {
+                disk.roll(id);
+            }
+        }
     }
 
     /// Counts a record of `len` bytes into the head segment.
@@ -815,12 +959,14 @@ impl Store {
         }
     }
 
-    /// Releases the oldest segments while the log is over `retain_total`:
-    /// drops the messages still retained in them. Each segment at most once
-    /// per call, so jobs carried forward cannot make it loop.
-    fn enforce_total(&mut self) {
+    /// Releases the oldest segments while the log is over `retain_total` or
+    /// too many topics are unsubscribed: drops the messages still retained
+    /// in them, so that the topics whose last record they hold are
+    /// forgotten. Each segment at most once per call, so jobs carried
+    /// forward cannot make it loop.
+    fn enforce_bounds(&mut self) {
         let mut budget = self.segs.len().saturating_sub(1);
-        while self.log_bytes > self.config.retain_total && budget > 0 {
+        while (self.log_bytes > self.config.retain_total || self.too_many_topics()) && budget > 0 {
             budget -= 1;
             let id = self.segs[0].id;
             for i in 0..self.segs[0].topics.len() {
@@ -836,16 +982,25 @@ impl Store {
     }
 
     /// Deletes the oldest segment after carrying forward what only it
-    /// holds: pending jobs, and the latest numbers of topics and queues.
+    /// holds: pending jobs, and the latest numbers of subscribed topics, of
+    /// queues and of floors. Topics whose last record it holds and that are
+    /// not subscribed are forgotten.
     fn delete_oldest(&mut self) {
         let id = self.segs[0].id;
         for t in std::mem::take(&mut self.segs[0].topics) {
             let topic = &self.topics[t as usize];
             if topic.entries.is_empty() && topic.last_seg == id {
+                if !topic.held {
+                    self.forget(t);
+                    continue;
+                }
                 let (name, last) = (topic.name.clone(), topic.last());
-                let rec = Record::TopicMark { topic: &name, last };
-                let seg = self.log(&rec);
-                self.apply(&rec, seg);
+                self.log_applied(&Record::TopicMark { topic: &name, last });
+            }
+        }
+        for b in 0..FLOOR_BUCKETS {
+            if self.floors[b].seg == id {
+                self.log_applied(&Record::Floor { bucket: b as u32, last: self.floors[b].last });
             }
         }
         for q in 0..self.queues.len() {
@@ -855,15 +1010,17 @@ impl Store {
                 let name = self.queues[q].name.clone();
                 let job = &self.queues[q].jobs[&job_id];
                 let payload = job.payload.clone();
-                let rec = Record::Enqueue { queue: &name, id: job_id, tries, time_ms: job.time_ms, payload: &payload };
-                let seg = self.log(&rec);
-                self.apply(&rec, seg);
+                self.log_applied(&Record::Enqueue {
+                    queue: &name,
+                    id: job_id,
+                    tries,
+                    time_ms: job.time_ms,
+                    payload: &payload,
+                });
             }
             if self.queues[q].last_seg == id {
                 let name = self.queues[q].name.clone();
-                let rec = Record::QueueMark { queue: &name, last: self.queues[q].next_id - 1 };
-                let seg = self.log(&rec);
-                self.apply(&rec, seg);
+                self.log_applied(&Record::QueueMark { queue: &name, last: self.queues[q].next_id - 1 });
             }
         }
         debug_assert_eq!(self.segs[0].live, 0);
@@ -887,6 +1044,7 @@ impl Store {
         }
         let confirmed = self.confirmed + 1..self.appended + 1;
         self.confirmed = self.appended;
+        self.free_ids.append(&mut self.freed);
         Ok(confirmed)
     }
 }

@@ -27,6 +27,7 @@ const ACK: u8 = 4;
 const TRIES: u8 = 5;
 const MOVE: u8 = 6;
 const QUEUE_MARK: u8 = 7;
+const FLOOR: u8 = 8;
 
 /// One record of the log. Topic messages and their numbering; queue jobs and
 /// every transition a queue needs to rebuild its durable state.
@@ -52,6 +53,11 @@ pub enum Record<'a> {
     Move { queue: &'a [u8], id: u64, to: &'a [u8], new_id: u64, time_ms: u64, payload: &'a [u8] },
     /// `queue` has given out ids up to `last`: as `TopicMark`, for queues.
     QueueMark { queue: &'a [u8], last: u64 },
+    /// Topics whose names fall in `bucket` and that were forgotten had
+    /// numbered up to `last` at most: a name of the bucket numbers above it
+    /// (the store's `forget`). Written when a topic is forgotten and carried
+    /// forward like a mark.
+    Floor { bucket: u32, last: u64 },
 }
 
 /// Why bytes are not a record.
@@ -76,6 +82,7 @@ impl Record<'_> {
                 Record::Tries { queue, .. } => name(queue) + 12,
                 Record::Move { queue, to, payload, .. } => name(queue) + name(to) + 24 + payload.len(),
                 Record::QueueMark { queue, .. } => name(queue) + 8,
+                Record::Floor { .. } => 12,
             }
     }
 
@@ -134,6 +141,11 @@ impl Record<'_> {
                 name(out, queue);
                 out.extend_from_slice(&last.to_le_bytes());
             }
+            Record::Floor { bucket, last } => {
+                out.push(FLOOR);
+                out.extend_from_slice(&bucket.to_le_bytes());
+                out.extend_from_slice(&last.to_le_bytes());
+            }
         }
         let len = u32::try_from(out.len() - start - HEADER + 1).expect("records are below 4 GiB");
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -178,6 +190,7 @@ impl Record<'_> {
                 Record::Move { queue, id, to, new_id, time_ms, payload: body.0 }
             }
             QUEUE_MARK => Record::QueueMark { queue: body.name()?, last: body.u64()? },
+            FLOOR => Record::Floor { bucket: body.u32()?, last: body.u64()? },
             _ => return Err(Bad::Corrupt),
         };
         // Fixed-size records must have been read to their end.
@@ -230,6 +243,7 @@ mod tests {
             Record::Tries { queue: b"data_sync", id: 4, tries: 5 },
             Record::Move { queue: b"q", id: 9, to: b"q.dead", new_id: 1, time_ms: 8, payload: b"p" },
             Record::QueueMark { queue: b"q", last: 12 },
+            Record::Floor { bucket: 4095, last: 77 },
         ]
     }
 

@@ -284,6 +284,58 @@ fn numbering_survives_the_deletion_of_every_record_that_held_it() {
     assert_eq!(s.enqueue(b"q", b"j", 200).seq, 2);
 }
 
+#[test]
+fn topics_nobody_needs_are_forgotten_and_their_numbers_never_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), Config { retain_age_ms: Some(10), ..small(200) }).unwrap();
+    for _ in 0..5 {
+        s.put(b"gone", b"m", 0);
+    }
+    let held = s.topic_id(b"held");
+    s.hold(held);
+    s.put(b"held", b"m", 0);
+    for i in 0..100u64 {
+        s.put(b"busy", b"m", i);
+        s.expire(i);
+    }
+    s.commit().unwrap();
+    assert_eq!((s.find_topic(b"gone"), s.find_topic(b"held")), (None, Some(held)), "a subscribed topic stays");
+    assert_eq!((s.stats().topics, s.stats().forgotten), (2, 1));
+    // A reader of the forgotten topic is told what is gone, before and after a restart.
+    let read = s.read(b"gone", 3, 10, usize::MAX);
+    assert_eq!((read.gap, read.next, read.len()), (Some(Gap { first: 3, last: 5 }), 6, 0));
+    let mut s = reopen(s, dir.path());
+    assert_eq!(s.info(b"gone"), TopicInfo { first: 6, last: 5, messages: 0, bytes: 0 });
+    assert_eq!(s.read(b"gone", 1, 10, usize::MAX).gap, Some(Gap { first: 1, last: 5 }));
+    assert_eq!(s.info(b"held"), TopicInfo { first: 2, last: 1, messages: 0, bytes: 0 }, "its mark was carried");
+    assert_eq!(s.put(b"gone", b"m", 200).seq, 6);
+}
+
+#[test]
+fn past_max_topics_the_least_recently_published_go_first() {
+    let mut s = Store::in_memory(Config { max_topics: 100, ..config() });
+    let held = s.topic_id(b"held");
+    s.hold(held);
+    s.put(b"held", b"m", 0);
+    for i in 0..1000 {
+        s.put(format!("t{i}").as_bytes(), b"m", 0);
+        assert!(s.stats().topics <= 101, "at most 100 unsubscribed topics and the subscribed one");
+        if i % 10 == 0 {
+            s.commit().unwrap();
+        }
+    }
+    let st = s.stats();
+    assert_eq!(st.topics + st.forgotten, 1001);
+    assert!(st.evicted >= st.forgotten, "a forgotten topic's messages are counted");
+    assert!(s.find_topic(b"t999").is_some() && s.find_topic(b"t0").is_none());
+    assert_eq!(s.info(b"held").last, 1, "a subscribed topic keeps its numbers");
+    assert!(s.topics.len() < 250, "the ids of forgotten topics are given again: {}", s.topics.len());
+    assert!(s.put(b"t0", b"m", 0).seq > 1, "t0 numbered 1 before it was forgotten");
+    s.release(held);
+    s.put(b"t1000", b"m", 0);
+    assert!(s.stats().topics <= 100, "released, it counts as unsubscribed");
+}
+
 /// Writes `n` messages to topic `t` and closes; returns the log's last file.
 fn write_log(dir: &Path, n: u32) -> PathBuf {
     let mut s = Store::open(dir, config()).unwrap();
@@ -456,7 +508,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..4u8, 0..40usize).prop_map(|(t, n)| Op::Append(t, n)),
+        6 => (0..8u8, 0..40usize).prop_map(|(t, n)| Op::Append(t, n)),
         1 => (0..2u8).prop_map(Op::Enqueue),
         1 => (0..2u8, 1..20u64).prop_map(|(q, id)| Op::Ack(q, id)),
         1 => Just(Op::Commit),
@@ -472,9 +524,10 @@ proptest! {
     fn reopening_rebuilds_the_same_state(ops in proptest::collection::vec(op(), 1..150),
                                           retain_messages in 1..20u64, retain_bytes in 1..200u64,
                                           retain_total in 1500..4000u64, segment_bytes in 60..400u64,
+                                          max_topics in 1..10u64,
                                           fsync in prop_oneof![Just(Fsync::Never), Just(Fsync::Interval { ms: 1 })]) {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config { retain_messages, retain_bytes, retain_total, segment_bytes, fsync, ..config() };
+        let config = Config { retain_messages, retain_bytes, retain_total, segment_bytes, fsync, max_topics, ..config() };
         let mut s = Store::open(dir.path(), config.clone()).unwrap();
         let mut lsns = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -490,10 +543,11 @@ proptest! {
             }
             let st = s.stats();
             prop_assert!(st.log_bytes <= retain_total + segment_bytes + 100, "{:?}", st);
+            prop_assert!(st.topics <= max_topics, "{:?}", st);
         }
         s.commit().unwrap();
         let state = |s: &Store| {
-            let topics: Vec<_> = (0..4u8).map(|t| (s.info(&[b't', t]), contents(s, &[b't', t]))).collect();
+            let topics: Vec<_> = (0..8u8).map(|t| (s.info(&[b't', t]), contents(s, &[b't', t]))).collect();
             let queues: Vec<Vec<_>> = (0..2u8).map(|q| s.jobs(&[b'q', q]).map(|j| (j.id, j.payload.to_vec())).collect()).collect();
             let next: Vec<_> = s.queues().map(|(n, i)| (n.to_vec(), i.next_id)).collect();
             (topics, queues, next)

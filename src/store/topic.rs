@@ -46,6 +46,8 @@ pub(super) struct Topic {
     pub last_seg: u64,
     /// The newest segment whose topic list names this topic.
     pub listed_seg: Option<u64>,
+    /// Subscribed (`Store::hold`): never forgotten.
+    pub held: bool,
 }
 
 impl Topic {
@@ -60,6 +62,7 @@ impl Topic {
             runs: VecDeque::new(),
             last_seg: 0,
             listed_seg: None,
+            held: false,
         }
     }
 

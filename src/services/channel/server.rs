@@ -230,6 +230,7 @@ impl ChannelServer {
             retain_bytes: cfg.retain_bytes,
             retain_age_ms: cfg.retain_age_s.map(|s| s.saturating_mul(1000)),
             retain_total: cfg.retain_total,
+            max_topics: cfg.max_topics as u64,
             fsync: match cfg.fsync {
                 FsyncPolicy::Always => store::Fsync::Always,
                 FsyncPolicy::Interval => store::Fsync::Interval { ms: cfg.fsync_interval_ms },
@@ -459,7 +460,7 @@ impl ChannelServer {
                     *subs -= 1;
                     let t = self.store.as_ref().expect("open").find_topic(topic);
                     if let Some(t) = t.filter(|t| self.peers.slab[key].topics.remove(t)) {
-                        self.subscriptions.remove(t, key);
+                        self.unsubscribe(t, key);
                     }
                 }
                 Frame::Ping => self.peers.push_frame(key, Frame::Pong),
@@ -491,9 +492,17 @@ impl ChannelServer {
             return Err(format!("too many topics at the channel server (max {})", self.max_topics));
         }
         let t = known.unwrap_or_else(|| store.topic_id(topic));
-        self.subscriptions.add(t, key);
+        if self.subscriptions.add(t, key) {
+            store.hold(t); // a subscribed topic is never forgotten
+        }
         p.topics.insert(t);
         Ok(())
+    }
+
+    fn unsubscribe(&mut self, t: TopicId, key: usize) {
+        if self.subscriptions.remove(t, key) {
+            self.store.as_mut().expect("links are read once the store is open").release(t);
+        }
     }
 
     fn hello(&mut self, key: usize, version: u8, secret: &[u8]) -> Result<(), String> {
@@ -647,7 +656,7 @@ impl ChannelServer {
         let Some(mut p) = self.peers.slab.try_remove(key) else { return };
         let _ = reg.deregister(&mut p.stream);
         for &t in &p.topics {
-            self.subscriptions.remove(t, key);
+            self.unsubscribe(t, key);
         }
         self.unread.retain(|k| *k != key);
         self.to_close.retain(|k| *k != key); // closed before the end of the turn
@@ -862,7 +871,14 @@ impl Service for ChannelServer {
             slow_consumers: self.stalled,
             retained: self.store.as_ref().map(|s| {
                 let st = s.stats();
-                Retained { messages: st.messages, bytes: st.bytes, topics: st.topics, log_bytes: st.log_bytes }
+                Retained {
+                    messages: st.messages,
+                    bytes: st.bytes,
+                    topics: st.topics,
+                    log_bytes: st.log_bytes,
+                    evicted: st.evicted,
+                    forgotten: st.forgotten,
+                }
             }),
             queues: self.queue_stats(),
             jobs: Some(Box::new(self.job_counts())),

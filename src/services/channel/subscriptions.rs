@@ -24,25 +24,30 @@ impl Subscriptions {
     }
 
     /// Adds link `key` to `t` (the caller checks it is not there yet).
-    pub fn add(&mut self, t: TopicId, key: usize) {
+    /// Returns true if `t` had no link before (the store must hold it).
+    pub fn add(&mut self, t: TopicId, key: usize) -> bool {
         let i = t as usize;
         if self.links.len() <= i {
             self.links.resize_with(i + 1, Vec::new);
         }
-        if self.links[i].is_empty() {
-            self.topics += 1;
-        }
+        let first = self.links[i].is_empty();
+        self.topics += usize::from(first);
         self.links[i].push(key);
+        first
     }
 
-    pub fn remove(&mut self, t: TopicId, key: usize) {
-        let Some(links) = self.links.get_mut(t as usize) else { return };
+    /// Removes link `key` from `t`. Returns true if that was its last link
+    /// (the store may release it).
+    pub fn remove(&mut self, t: TopicId, key: usize) -> bool {
+        let Some(links) = self.links.get_mut(t as usize) else { return false };
         let before = links.len();
         links.retain(|k| *k != key);
-        if before > 0 && links.is_empty() {
+        let last = before > 0 && links.is_empty();
+        if last {
             self.topics -= 1;
             *links = Vec::new(); // give the memory back: most topics are short-lived or quiet
         }
+        last
     }
 }
 
@@ -54,16 +59,16 @@ mod tests {
     fn counts_topics_with_links() {
         let mut s = Subscriptions::default();
         assert_eq!(s.links(7), &[] as &[usize]);
-        s.add(7, 1);
-        s.add(7, 2);
-        s.add(2, 1);
+        assert!(s.add(7, 1));
+        assert!(!s.add(7, 2));
+        assert!(s.add(2, 1));
         assert_eq!((s.links(7), s.topics()), (&[1, 2][..], 2));
-        s.remove(7, 1);
-        s.remove(7, 9);
+        assert!(!s.remove(7, 1));
+        assert!(!s.remove(7, 9));
         assert_eq!((s.links(7), s.topics()), (&[2][..], 2));
-        s.remove(7, 2);
-        s.remove(7, 2);
-        s.remove(40, 2);
+        assert!(s.remove(7, 2));
+        assert!(!s.remove(7, 2));
+        assert!(!s.remove(40, 2));
         assert_eq!((s.links(7), s.topics()), (&[] as &[usize], 1));
     }
 }
