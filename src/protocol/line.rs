@@ -32,6 +32,9 @@ impl LineReader {
     /// Feeds one read (`buf` is modified: telnet commands are removed in
     /// place) and calls `on_line` for every line it completes, in order.
     pub fn feed(&mut self, buf: &mut [u8], max: usize, mut on_line: impl FnMut(Line<'_>)) {
+        // One look for telnet's 0xFF in the whole read rather than one per
+        // line: nearly every read has none.
+        let telnet = telnet::may_hold_commands(buf);
         let mut input = buf;
         while let Some(i) = memchr::memchr(b'\n', input) {
             let (seg, rest) = std::mem::take(&mut input).split_at_mut(i);
@@ -40,14 +43,14 @@ impl LineReader {
                 continue; // the end of an over-long line, already reported
             }
             if self.partial.is_empty() {
-                on_line(check(seg, max));
+                on_line(check(seg, max, telnet));
             } else if self.partial.len() + seg.len() > max + 1 {
                 self.release();
                 on_line(Line::TooLong);
             } else {
                 let mut line = std::mem::take(&mut self.partial);
                 line.extend_from_slice(seg);
-                on_line(check(&mut line, max));
+                on_line(check(&mut line, max, true)); // begun in an earlier read
                 self.partial = line;
                 self.release();
             }
@@ -76,7 +79,8 @@ impl LineReader {
     }
 }
 
-fn check(line: &mut [u8], max: usize) -> Line<'_> {
+/// `telnet`: the line may hold telnet commands, to be stripped.
+fn check(line: &mut [u8], max: usize, telnet: bool) -> Line<'_> {
     let line = match line {
         [rest @ .., b'\r'] => rest,
         all => all,
@@ -84,7 +88,7 @@ fn check(line: &mut [u8], max: usize) -> Line<'_> {
     if line.len() > max {
         return Line::TooLong;
     }
-    let n = telnet::strip(line);
+    let n = if telnet { telnet::strip(line) } else { line.len() };
     Line::Text(&line[..n])
 }
 
@@ -125,6 +129,14 @@ mod tests {
     fn over_long_line_is_reported_once_and_skipped() {
         let (l, _) = run(&[b"0123456".to_vec(), b"789\nok\n".to_vec()], 5);
         assert_eq!(l, vec![Owned::TooLong, Owned::Text(b"ok".to_vec())]);
+    }
+
+    #[test]
+    fn telnet_commands_are_stripped_from_lines_of_any_read() {
+        // IAC IP in a line begun in an earlier read, then in a later read beside a plain line.
+        let (l, _) = run(&[b"pi\xff\xf4".to_vec(), b"ng\nplain\nsu\xff\xf1b\n".to_vec()], 10);
+        let want = [&b"ping"[..], b"plain", b"sub"].map(|t| Owned::Text(t.to_vec()));
+        assert_eq!(l, want);
     }
 
     #[test]

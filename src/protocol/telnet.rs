@@ -29,6 +29,11 @@ const DONT: u8 = 0xFE;
 /// type, window size) take a few dozen.
 pub const MAX_SUBNEGOTIATION: usize = 64;
 
+/// Whether `bytes` may hold telnet commands: whether there is a 0xFF.
+pub fn may_hold_commands(bytes: &[u8]) -> bool {
+    memchr::memchr(IAC, bytes).is_some()
+}
+
 /// Removes telnet commands from `line` in place; returns its new length.
 pub fn strip(line: &mut [u8]) -> usize {
     // Fast path: no 0xFF, which is nearly every line.

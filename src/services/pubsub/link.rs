@@ -23,7 +23,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use super::nats_bus::NatsBus;
-use crate::protocol::frame::{DecodeError, Frame, FrameReader, VERSION};
+use crate::protocol::frame::{self, DecodeError, Frame, FrameReader, VERSION};
 use crate::protocol::nats;
 use crate::runtime::event_loop::SERVICE;
 use crate::runtime::outbound::{Frames, Outbound};
@@ -338,8 +338,11 @@ impl Link {
             self.out.push_frames(|v| bus.publish(topic, message, v));
             return Ok(());
         }
-        self.out.push_frame(Frame::Publish { confirm: confirm.is_some(), topic, message });
-        self.owed.confirms.extend(confirm);
+        self.out.push_frames(|v| frame::put_publish(v, confirm.is_some(), topic, message));
+        // Not `extend`: through an Option it cost 40 instructions a publish.
+        if let Some(confirm) = confirm {
+            self.owed.confirms.push_back(confirm);
+        }
         Ok(())
     }
 
