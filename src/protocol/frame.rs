@@ -746,6 +746,10 @@ mod tests {
         assert_eq!(decode_all(&[&[0xff, 0xff, 0xff, 0xff]]), Err(DecodeError::TooLarge(u32::MAX as usize, MAX_FRAME)));
         assert_eq!(decode_all(&[&[0, 0, 0, 1, 99]]), Err(DecodeError::UnknownKind(99)));
         assert!(decode_all(&[&[0, 0, 0, 4, PUBLISH, 0, 5, b'a']]).is_err());
+        assert!(decode_all(&[&[0, 0, 0, 2, PUBLISH, 0]]).is_err(), "no topic length");
+        assert!(decode_all(&[&[0, 0, 0, 4, PUBLISH, 0, 0, b'm']]).is_err(), "empty topic");
+        assert!(decode_all(&[&[0, 0, 0, 9, MSG, 0, 0, 0, 0, 0, 0, 0, 1]]).is_err(), "no topic length");
+        assert!(decode_all(&[&[0, 0, 0, 3, SUBERR, 2, b't']]).is_err(), "topic overruns the frame");
         assert!(decode_all(&[&[0, 0, 0, 0]]).is_err());
         assert!(decode_all(&[&[0, 0, 0, 1, SUB]]).is_err());
         let mut bad = Vec::new();
