@@ -12,6 +12,8 @@
 
 use std::collections::VecDeque;
 
+use smallvec::SmallVec;
+
 const MIN_CHUNK: usize = 64;
 const MAX_CHUNK: usize = 64 * 1024;
 /// Bigger payloads get a chunk of their own: sharing one would only pin more
@@ -25,11 +27,19 @@ pub(super) struct Entry {
     chunk: u32,
     off: u32,
     len: u32,
+    /// The low 32 bits of the id of the log segment holding its record
+    /// (live segments are fewer than 2^32 apart; see `Store::segment_id`):
+    /// kept here, in what would be padding, rather than in a list of its
+    /// own that every append would touch.
+    pub seg: u32,
 }
 
 /// The messages of one topic, numbered `first ..= last`.
 pub(super) struct Topic {
-    pub name: Box<[u8]>,
+    /// Inline up to 24 bytes: the store's topic table compares names here
+    /// on every lookup, and a name of its own allocation would be one more
+    /// cache miss per message.
+    pub name: SmallVec<[u8; 24]>,
     /// The number of `entries[0]`; `last + 1` when nothing is retained.
     pub first: u64,
     pub entries: VecDeque<Entry>,
@@ -38,9 +48,6 @@ pub(super) struct Topic {
     /// The bodies, oldest chunk first; `chunks[0]` is chunk number `chunk_base`.
     chunks: VecDeque<Vec<u8>>,
     chunk_base: u32,
-    /// The log segment of each retained message, run-length encoded
-    /// (segment id, count) in number order.
-    pub runs: VecDeque<(u64, u64)>,
     /// The segment whose record carries `last` (a message or a mark); when
     /// that segment is deleted and nothing is retained, a mark is written.
     pub last_seg: u64,
@@ -53,13 +60,12 @@ pub(super) struct Topic {
 impl Topic {
     pub fn new(name: &[u8]) -> Topic {
         Topic {
-            name: name.into(),
+            name: SmallVec::from_slice(name),
             first: 1,
             entries: VecDeque::new(),
             bytes: 0,
             chunks: VecDeque::new(),
             chunk_base: 0,
-            runs: VecDeque::new(),
             last_seg: 0,
             listed_seg: None,
             held: false,
@@ -95,19 +101,15 @@ impl Topic {
             // Most topics of a server with very many hold few messages:
             // start at one entry, not the four `VecDeque` would allocate.
             self.entries.reserve_exact(1);
-            self.runs.reserve_exact(1);
         }
-        self.entries.push_back(Entry { time_ms, chunk, off, len: len as u32 });
+        self.entries.push_back(Entry { time_ms, chunk, off, len: len as u32, seg: seg as u32 });
         self.bytes += len as u64;
-        match self.runs.back_mut() {
-            Some((s, n)) if *s == seg => *n += 1,
-            _ => self.runs.push_back((seg, 1)),
-        }
         self.last_seg = seg;
     }
 
-    /// Drops the oldest message; returns the segment it was logged in.
-    pub fn pop(&mut self) -> Option<u64> {
+    /// Drops the oldest message; returns the low 32 bits of the segment it
+    /// was logged in.
+    pub fn pop(&mut self) -> Option<u32> {
         let e = self.entries.pop_front()?;
         self.first += 1;
         self.bytes -= e.len as u64;
@@ -117,13 +119,7 @@ impl Topic {
             self.chunks.pop_front();
             self.chunk_base = self.chunk_base.wrapping_add(1);
         }
-        let (seg, n) = self.runs.front_mut().expect("a run for every entry");
-        let seg = *seg;
-        *n -= 1;
-        if *n == 0 {
-            self.runs.pop_front();
-        }
-        Some(seg)
+        Some(e.seg)
     }
 
     /// The index in `entries` of message `seq`, clamped to the window.
@@ -137,17 +133,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_runs_and_bytes_follow_pushes_and_pops() {
+    fn numbers_segments_and_bytes_follow_pushes_and_pops() {
         let mut t = Topic::new(b"t");
         assert_eq!((t.first, t.last()), (1, 0));
         t.push(b"a", 1, 1);
         t.push(b"bb", 2, 1);
         t.push(b"ccc", 3, 2);
         assert_eq!((t.first, t.last(), t.bytes), (1, 3, 6));
-        assert_eq!(t.runs, [(1, 2), (2, 1)]);
         assert_eq!(t.pop(), Some(1));
         assert_eq!(t.pop(), Some(1));
-        assert_eq!(t.runs, [(2, 1)]);
         assert_eq!((t.first, t.last(), t.bytes), (3, 3, 3));
         assert_eq!(t.body(&t.entries[0]), b"ccc");
         assert_eq!(t.pop(), Some(2));

@@ -599,6 +599,14 @@ impl ChannelServer {
         self.staged.frames.clear();
     }
 
+    /// Commits, then writes what that queued (and anything else queued).
+    fn commit_and_flush(&mut self) {
+        self.commit();
+        for key in std::mem::take(&mut self.peers.dirty) {
+            self.flush(key);
+        }
+    }
+
     fn flush(&mut self, key: usize) {
         let Some(p) = self.peers.slab.get_mut(key) else { return };
         p.dirty = false;
@@ -780,10 +788,7 @@ impl Service for ChannelServer {
             self.open_store();
         }
         let jobs_due = self.expire_jobs();
-        self.commit();
-        for key in std::mem::take(&mut self.peers.dirty) {
-            self.flush(key);
-        }
+        self.commit_and_flush();
         let handshake = self.expire_handshakes(reg);
         let log = self.log_handshakes(Instant::now());
         self.cut_off_stalled();
@@ -814,10 +819,7 @@ impl Service for ChannelServer {
             for key in std::mem::take(&mut self.unread) {
                 self.read_peer(key);
             }
-            self.commit();
-            for key in std::mem::take(&mut self.peers.dirty) {
-                self.flush(key);
-            }
+            self.commit_and_flush();
             for key in std::mem::take(&mut self.to_close) {
                 self.close(reg, key);
             }

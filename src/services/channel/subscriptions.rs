@@ -2,12 +2,19 @@
 //! publish is looked up by name once (the store's append), and the links it
 //! goes to are an index away.
 
+use smallvec::SmallVec;
+
 use crate::store::TopicId;
+
+/// The links of one topic: most topics have one or two (a link per worker
+/// that has subscribers), kept inline so that forwarding a message does not
+/// follow a pointer to another cache line per topic.
+type Links = SmallVec<[usize; 2]>;
 
 #[derive(Default)]
 pub(super) struct Subscriptions {
     /// The links of each topic, indexed by topic id (empty: none).
-    links: Vec<Vec<usize>>,
+    links: Vec<Links>,
     /// Topics with at least one link.
     topics: usize,
 }
@@ -15,7 +22,7 @@ pub(super) struct Subscriptions {
 impl Subscriptions {
     /// The links subscribed to `t`.
     pub fn links(&self, t: TopicId) -> &[usize] {
-        self.links.get(t as usize).map_or(&[], Vec::as_slice)
+        self.links.get(t as usize).map_or(&[], Links::as_slice)
     }
 
     /// Topics with at least one link.
@@ -28,7 +35,7 @@ impl Subscriptions {
     pub fn add(&mut self, t: TopicId, key: usize) -> bool {
         let i = t as usize;
         if self.links.len() <= i {
-            self.links.resize_with(i + 1, Vec::new);
+            self.links.resize_with(i + 1, Links::new);
         }
         let first = self.links[i].is_empty();
         self.topics += usize::from(first);
@@ -45,7 +52,7 @@ impl Subscriptions {
         let last = before > 0 && links.is_empty();
         if last {
             self.topics -= 1;
-            *links = Vec::new(); // give the memory back: most topics are short-lived or quiet
+            *links = Links::new(); // give the memory back: most topics are short-lived or quiet
         }
         last
     }
