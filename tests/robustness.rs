@@ -831,7 +831,7 @@ mod frames {
     pub fn decode(bytes: Vec<u8>) -> Vec<String> {
         let mut r = FrameReader::with_bytes(bytes);
         let mut out = Vec::new();
-        while let Some((f, _)) = r.next_frame().expect("the channel server sends valid frames") {
+        while let Some(f) = r.next_frame().expect("the channel server sends valid frames") {
             out.push(match f {
                 Frame::Error(why) => format!("Error: {}", String::from_utf8_lossy(why)),
                 other => format!("{other:?}"),

@@ -485,7 +485,7 @@ mod tests {
     fn publishes(buf: &[u8]) -> Vec<Vec<u8>> {
         let mut r = FrameReader::with_bytes(buf.to_vec());
         let mut out = Vec::new();
-        while let Some((f, _)) = r.next_frame().unwrap() {
+        while let Some(f) = r.next_frame().unwrap() {
             match f {
                 Frame::Publish { message, .. } => out.push(message.to_vec()),
                 other => panic!("{other:?}"),

@@ -409,7 +409,7 @@ impl ChannelServer {
                 true => e.to_string(),
                 false => format!("{e} before its hello"),
             });
-            let Some((frame, _)) = next? else { break };
+            let Some(frame) = next? else { break };
             if !authed {
                 match frame {
                     Frame::Hello { version, secret } => self.hello(key, version, secret)?,

@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(svc.clients.counters.msgs_in, 2);
         let mut frames = FrameReader::with_bytes(svc.link.out.parts().0);
         let mut got = Vec::new();
-        while let Some((f, _)) = frames.next_frame().unwrap() {
+        while let Some(f) = frames.next_frame().unwrap() {
             got.push(format!("{f:?}"));
         }
         let want = [

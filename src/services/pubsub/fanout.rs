@@ -51,7 +51,7 @@ impl Batches {
         }
         loop {
             let frame = match link.reader.next_frame() {
-                Ok(Some((frame, _))) => frame,
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => return Err(LinkError::BadFrame(e)),
             };
