@@ -157,7 +157,7 @@ pub struct ChannelArgs {
     pub secret_file: Option<PathBuf>,
     /// Most topics subscribed at the channel server (each costs about 340
     /// bytes): a SUB past it is refused, and the client that asked gets an ERR
-    /// line. Also the most topics kept that nobody subscribes to (about 470
+    /// line. Also the most topics kept that nobody subscribes to (about 400
     /// bytes each): past it the least recently published are forgotten with
     /// their retained messages (counted in `status`; a resume gets a GAP)
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]

@@ -90,17 +90,17 @@
 //!
 //! `cargo run --release --example store_bench` (64-byte payloads, one
 //! topic unless said; rates per CPU second of the process), 2026-12-02 at
-//! load average 3 on this shared 2-core box:
+//! 16:0x UTC on this shared 2-core box:
 //!
 //! - memory: 89 bytes per retained message of 64 B (the payload, a 24-byte
-//!   entry, chunk slack and run bookkeeping); 470 bytes per topic holding
-//!   one such message (so 100 000 topics cost about 47 MB);
-//! - appends: 9.2 M/s in memory on one topic, 2.4 M/s over 1000 topics
-//!   (a topic lookup, and a cache miss per topic); 3.9 M/s with a data
-//!   directory under `--fsync never` and 3.7 M/s under `interval` (a commit
+//!   entry and chunk slack); 396 bytes per topic holding one such message
+//!   (so 100 000 topics cost about 40 MB);
+//! - appends: 8.1 M/s in memory on one topic, 2.8 M/s over 1000 topics
+//!   (a topic lookup, and cache misses per topic); 4.0 M/s with a data
+//!   directory under `--fsync never` and under `interval` (a commit
 //!   every 1000 appends); under `always`, one `fdatasync` per commit;
-//! - reading 1 M retained messages in batches of 1000: 85 M/s;
-//! - reopening a log of 1.1 M records (scan, CRC, rebuild): 3.0 M/s.
+//! - reading 1 M retained messages in batches of 1000: 95 M/s;
+//! - reopening a log of 1.1 M records (scan, CRC, rebuild): 3.9 M/s.
 
 mod disk;
 mod queue;
