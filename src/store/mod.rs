@@ -1053,6 +1053,12 @@ impl Store {
 
     // ---- durability ----
 
+    /// Whether appends wait for [`Store::commit`] to be confirmed: only with a
+    /// data directory (without one, an append is confirmed as it is made).
+    pub fn is_durable(&self) -> bool {
+        self.disk.is_some()
+    }
+
     /// Writes and syncs what was appended (see [`Fsync`]); returns the
     /// appends this call confirmed: every [`Lsn`] in the range, and only
     /// those. Call once per event-loop turn. After an error (under
