@@ -591,7 +591,7 @@ impl Store {
     pub fn append(&mut self, t: TopicId, payload: &[u8], now_ms: u64) -> Appended {
         let seq = self.topics[t as usize].last() + 1;
         // The record borrows the name while `log` borrows the store: lend it
-        // (taking a `Box<[u8]>` leaves an empty one, no allocation).
+        // (taking it leaves an empty inline one: no allocation either way).
         let name = std::mem::take(&mut self.topics[t as usize].name);
         let seg = self.log(&Record::Message { topic: &name, seq, time_ms: now_ms, payload });
         self.topics[t as usize].name = name;
