@@ -124,14 +124,7 @@ impl Batches {
     /// Adds a message to its topic's batch. `seq` is the channel server's
     /// number (none on NATS, whose messages are not numbered).
     fn gather(&mut self, topics: &mut Topics, clients: &mut Clients, topic: &[u8], seq: Option<u64>, message: &[u8]) {
-        // Runs of one topic are the common case: skip the hash.
-        let id = match self.touched.last() {
-            Some(&id) if *topics.get(id).name == *topic => id,
-            _ => match topics.find(topic) {
-                Some(id) => id,
-                None => return,
-            },
-        };
+        let Some(id) = topics.find(topic) else { return };
         if let Some(seq) = seq {
             let t = topics.get_mut(id);
             if seq < t.next {
@@ -248,7 +241,7 @@ impl Batches {
     pub fn pump(&mut self, link: &mut Link, topics: &mut Topics, clients: &Clients) {
         self.behind.retain(|&id| {
             let Some(t) = topics.get_opt_mut(id) else { return false };
-            let (next, name) = (t.next, t.name.clone());
+            let (next, name) = (t.next, Box::<[u8]>::from(&*t.name));
             if next != 0 {
                 topics.join(id, next);
             }
