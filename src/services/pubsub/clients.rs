@@ -29,36 +29,41 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// connected; a person at a telnet prompt waits for the welcome.
 pub const SNIFF_TIME: Duration = Duration::from_millis(200);
 
+/// What a delivery and a flush read comes first, in one cache line (the
+/// queue, the flags, the socket); `repr(C)` keeps that order and `align` the
+/// line's bounds: with 1000 clients served in turn, each line of a client
+/// touched is a cache miss per message.
+#[repr(C, align(64))]
 pub struct Client {
+    pub out: Outbound,
+    /// How replies and deliveries are encoded for it.
+    pub wire: Wire,
+    /// `seq on`: deliveries carry their numbers.
+    pub seq: bool,
+    /// Close once the output queue is written (quit, slow consumer, drain).
+    pub closing: bool,
+    /// Waiting in the flush list.
+    pub dirty: bool,
+    /// Not read while too much output waits for it.
+    pub input_paused: bool,
+    /// All output written and the sending side shut: read (and dropped) until
+    /// the client closes, so that a WebSocket or HTTP client still sending
+    /// gets all of it rather than a reset.
+    pub shut: bool,
+    /// Waiting in the list of clients to read again.
+    pub unread: bool,
+    /// `confirm on`: each publish is answered once committed.
+    pub confirm: bool,
     pub stream: TcpStream,
+    pub bytes_out: u64,
     pub peer: SocketAddr,
     pub id: u64,
     pub input: Input,
-    /// How replies and deliveries are encoded for it.
-    pub wire: Wire,
-    pub out: Outbound,
     pub replies: Replies,
     /// A set: looking a topic up costs the same for one or 1024 of them.
     pub topics: IndexSet<TopicId>,
     pub consuming: Consuming,
     pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Close once the output queue is written (quit, slow consumer, drain).
-    pub closing: bool,
-    /// All output written and the sending side shut: read (and dropped) until
-    /// the client closes, so that a WebSocket or HTTP client still sending
-    /// gets all of it rather than a reset.
-    pub shut: bool,
-    /// Waiting in the flush list.
-    pub dirty: bool,
-    /// Not read while too much output waits for it.
-    pub input_paused: bool,
-    /// Waiting in the list of clients to read again.
-    pub unread: bool,
-    /// `seq on`: deliveries carry their numbers.
-    pub seq: bool,
-    /// `confirm on`: each publish is answered once committed.
-    pub confirm: bool,
 }
 
 impl Client {

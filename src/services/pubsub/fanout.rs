@@ -149,7 +149,6 @@ impl Batches {
         reply::received(&mut t.batch, topic, message);
         let end = t.batch.len() - 1;
         t.batch_index.push((seq.unwrap_or(0), (end - message.len()) as u32, end as u32));
-        t.batch_msgs += 1;
     }
 
     /// Handles every whole operation a NATS server sent: messages into their
@@ -187,7 +186,7 @@ impl Batches {
     fn deliver(&mut self, topics: &mut Topics, clients: &mut Clients) {
         for id in self.touched.drain(..) {
             let t = topics.get_mut(id);
-            let msgs = std::mem::take(&mut t.batch_msgs);
+            let msgs = t.batch_index.len() as u32;
             let mut forms = Forms::for_readers(t.subscribers.len());
             let mut behind = Vec::new();
             for &key in &t.subscribers {

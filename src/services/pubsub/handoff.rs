@@ -291,7 +291,6 @@ fn import_topic(topics: &mut Topics, t: TopicState, key: impl Fn(u64) -> Option<
         remote: t.remote,
         acks_pending: t.acks_pending,
         batch: Vec::new(),
-        batch_msgs: 0,
         batch_index: Vec::new(),
     })
 }

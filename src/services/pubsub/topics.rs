@@ -15,11 +15,25 @@ use smallvec::SmallVec;
 
 pub type TopicId = usize;
 
+/// The fields read for every message come first, the subscribers last of
+/// them, so that a message touches three cache lines of its topic (name and
+/// batch; next, index and the set's list; the set's count); `repr(C)` keeps
+/// that order and `align` the lines' bounds. With 1000 topics in turn, each
+/// line touched is a cache miss, in gathering and again in delivering.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Topic {
     /// Inline up to 24 bytes: `Topics::find` compares it on every message,
     /// and a name of its own allocation would be one more cache miss there.
     pub name: SmallVec<[u8; 24]>,
+    /// Lines received for this topic in the current read of the link, delivered
+    /// to every subscriber as one shared chunk.
+    pub batch: Vec<u8>,
+    /// The number of the next message the link brings (0: not known yet).
+    pub next: u64,
+    /// Each message of the batch: its number and where it lies in `batch`,
+    /// so that the `#seq` form is encoded only if a subscriber wants it.
+    pub batch_index: Vec<(u64, u32, u32)>,
     /// Connections receiving this topic live. Sets, so that a connection
     /// leaves a topic of 100 000 subscribers in constant time; iterated as
     /// densely as a list for the fan-out.
@@ -30,19 +44,10 @@ pub struct Topic {
     /// Connections that are positions in the retained messages rather than
     /// live: they resumed from a number, or fell behind.
     pub cursors: Vec<Cursor>,
-    /// The number of the next message the link brings (0: not known yet).
-    pub next: u64,
     /// A SUB has been sent since the last UNSUB (on this link).
     pub(super) remote: bool,
     /// SUBs sent on this link not yet acknowledged.
     pub(super) acks_pending: u32,
-    /// Lines received for this topic in the current read of the link, delivered
-    /// to every subscriber as one shared chunk.
-    pub batch: Vec<u8>,
-    pub batch_msgs: u32,
-    /// Each message of the batch: its number and where it lies in `batch`,
-    /// so that the `#seq` form is encoded only if a subscriber wants it.
-    pub batch_index: Vec<(u64, u32, u32)>,
 }
 
 /// Readers of one topic at one position, fed from the retained messages.
@@ -113,7 +118,6 @@ impl Topics {
                 remote: false,
                 acks_pending: 0,
                 batch: Vec::new(),
-                batch_msgs: 0,
                 batch_index: Vec::new(),
             }),
         };
