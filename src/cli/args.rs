@@ -155,7 +155,7 @@ pub struct ChannelArgs {
     /// required when listening on a non-loopback address
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
-    /// Most topics subscribed at the channel server (each costs about 340
+    /// Most topics subscribed at the channel server (each costs about 200
     /// bytes): a SUB past it is refused, and the client that asked gets an ERR
     /// line. Also the most topics kept that nobody subscribes to (about 400
     /// bytes each): past it the least recently published are forgotten with
