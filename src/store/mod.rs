@@ -33,6 +33,13 @@
 //!   read of a position at or below it gets a [`Gap`]. A new name sharing a
 //!   bucket with a forgotten one therefore may start above 1: the price of
 //!   bounded memory, paid only after topics were forgotten.
+//! - **Queues are forgotten** the same way: a queue with no pending job is
+//!   forgotten when the segment holding the record of its highest id goes,
+//!   raising its bucket's floor to that id. Job ids only have to be unique
+//!   per queue, not consecutive, so a queue's next id is always above its
+//!   bucket's floor: that also covers a queue that an older record (an ack
+//!   left in a later segment) brings back at open, with a lower id than it
+//!   had when it was forgotten.
 //! - **Readers are positions**: [`Store::read`] returns the retained
 //!   messages from a number on, borrowed from the store (copy what you
 //!   keep), plus the [`Gap`] of numbers that are gone if the position
@@ -752,7 +759,7 @@ impl Store {
     /// Adds a job to `queue` (created on first use); returns its id.
     pub fn enqueue(&mut self, queue: &[u8], payload: &[u8], now_ms: u64) -> Appended {
         let q = self.queue_id(queue);
-        let id = self.queues[q].next_id;
+        let id = self.next_job_id(q);
         self.log_applied(&Record::Enqueue { queue, id, tries: 0, time_ms: now_ms, payload });
         Appended { seq: id, ..self.after_append() }
     }
@@ -776,7 +783,7 @@ impl Store {
     pub fn move_job(&mut self, queue: &[u8], id: u64, to: &[u8], now_ms: u64) -> Option<Appended> {
         let payload = self.job(queue, id)?.payload.clone();
         let t = self.queue_id(to);
-        let new_id = self.queues[t].next_id;
+        let new_id = self.next_job_id(t);
         let rec = Record::Move { queue, id, to, new_id, time_ms: now_ms, payload: &payload };
         Some(Appended { seq: new_id, lsn: self.append_record(&rec)? })
     }
@@ -802,7 +809,8 @@ impl Store {
     /// Every queue the log knows, with what it holds.
     pub fn queues(&self) -> impl Iterator<Item = (&[u8], QueueInfo)> {
         self.queues.iter().map(|q| {
-            let info = QueueInfo { jobs: q.jobs.len() as u64, bytes: q.bytes, next_id: q.next_id };
+            let next_id = q.next_id.max(self.floors[q.bucket].last + 1);
+            let info = QueueInfo { jobs: q.jobs.len() as u64, bytes: q.bytes, next_id };
             (&*q.name, info)
         })
     }
@@ -812,9 +820,31 @@ impl Store {
             return q as usize;
         }
         let q = u32::try_from(self.queues.len()).expect("fewer than 4 billion queues");
-        self.queues.push(Queue::new(name));
+        self.queues.push(Queue::new(name, bucket(name)));
         self.queue_ids.insert(name.into(), q);
         q as usize
+    }
+
+    /// The id the next job of queue `q` gets: above every id its records
+    /// name and above its bucket's floor (see "Queues are forgotten").
+    fn next_job_id(&self, q: usize) -> u64 {
+        let queue = &self.queues[q];
+        queue.next_id.max(self.floors[queue.bucket].last + 1)
+    }
+
+    /// Forgets queue `q`, which holds no job: raises its bucket's floor to
+    /// its highest id, logged. The last queue takes its index.
+    fn forget_queue(&mut self, q: usize) {
+        debug_assert!(self.queues[q].jobs.is_empty());
+        let queue = self.queues.swap_remove(q);
+        self.queue_ids.remove(&queue.name);
+        if let Some(moved) = self.queues.get(q) {
+            *self.queue_ids.get_mut(&moved.name).expect("every queue has an id") = q as u32;
+        }
+        let last = queue.next_id - 1;
+        if last > self.floors[queue.bucket].last {
+            self.log_applied(&Record::Floor { bucket: queue.bucket as u32, last });
+        }
     }
 
     fn insert_job(&mut self, q: usize, id: u64, job: Job) {
@@ -1004,7 +1034,7 @@ impl Store {
     /// Deletes the oldest segment after carrying forward what only it
     /// holds: pending jobs, and the latest numbers of subscribed topics, of
     /// queues and of floors. Topics whose last record it holds and that are
-    /// not subscribed are forgotten.
+    /// not subscribed are forgotten, and so are queues holding no job.
     fn delete_oldest(&mut self) {
         let id = self.segs[0].id;
         for t in std::mem::take(&mut self.segs[0].topics) {
@@ -1023,6 +1053,7 @@ impl Store {
                 self.log_applied(&Record::Floor { bucket: b as u32, last: self.floors[b].last });
             }
         }
+        let mut forgotten = Vec::new();
         for q in 0..self.queues.len() {
             let carried: Vec<(u64, u32)> =
                 self.queues[q].jobs.iter().filter(|(_, j)| j.seg == id).map(|(&id, j)| (id, j.tries)).collect();
@@ -1039,9 +1070,18 @@ impl Store {
                 });
             }
             if self.queues[q].last_seg == id {
+                if self.queues[q].jobs.is_empty() {
+                    forgotten.push(q);
+                    continue;
+                }
                 let name = self.queues[q].name.clone();
                 self.log_applied(&Record::QueueMark { queue: &name, last: self.queues[q].next_id - 1 });
             }
+        }
+        // Highest index first: the queue that takes a forgotten one's index
+        // is then never one still to forget.
+        for q in forgotten.into_iter().rev() {
+            self.forget_queue(q);
         }
         debug_assert_eq!(self.segs[0].live, 0);
         let seg = self.segs.pop_front().expect("not the only segment");

@@ -17,7 +17,10 @@ pub(super) struct Job {
 
 pub(super) struct Queue {
     pub name: Box<[u8]>,
-    /// The id the next enqueued job gets.
+    /// Its floor bucket (`super::bucket` of the name, computed once).
+    pub bucket: usize,
+    /// One more than the highest id any record names: the next enqueued job
+    /// gets this or, if higher, one more than the bucket's floor.
     pub next_id: u64,
     /// Pending jobs by id: ids grow, so this is also FIFO order.
     pub jobs: BTreeMap<u64, Job>,
@@ -28,8 +31,8 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    pub fn new(name: &[u8]) -> Queue {
-        Queue { name: name.into(), next_id: 1, jobs: BTreeMap::new(), bytes: 0, last_seg: 0 }
+    pub fn new(name: &[u8], bucket: usize) -> Queue {
+        Queue { name: name.into(), bucket, next_id: 1, jobs: BTreeMap::new(), bytes: 0, last_seg: 0 }
     }
 
     /// A record in segment `seg` named job `id`: ids never go back.
