@@ -140,10 +140,18 @@ pub struct Queues {
     by_client: HashMap<Client, Vec<Rc<[u8]>>>,
     /// Deliveries by deadline: the timeout is one constant, so delivery
     /// order is deadline order. Entries of jobs since settled are skipped
-    /// (their `Held` is gone or has another deadline).
+    /// (their `Held` is gone or has another deadline), and swept out once
+    /// they outnumber the live ones: otherwise this would hold every
+    /// delivery of the last `ack_timeout` (millions at full speed) rather
+    /// than what consumers hold.
     deadlines: VecDeque<(u64, Rc<[u8]>, u64)>,
+    /// The length of `deadlines` that triggers the next sweep.
+    sweep_at: usize,
     totals: Totals,
 }
+
+/// Settled entries `deadlines` may hold beyond twice the live ones.
+const DEADLINE_SLACK: usize = 1024;
 
 impl Queues {
     pub fn new(limits: Limits) -> Queues {
@@ -152,6 +160,7 @@ impl Queues {
             queues: HashMap::new(),
             by_client: HashMap::new(),
             deadlines: VecDeque::new(),
+            sweep_at: DEADLINE_SLACK,
             totals: Totals::default(),
         }
     }
@@ -473,6 +482,21 @@ impl Queues {
                 payload: job.payload.clone(),
             });
         }
+        if self.deadlines.len() >= self.sweep_at {
+            self.sweep_deadlines();
+        }
+    }
+
+    /// Drops the entries of settled deliveries from `deadlines`. The next
+    /// sweep comes after at least as many deliveries as entries are left
+    /// (plus the slack), so sweeping costs O(1) per delivery.
+    fn sweep_deadlines(&mut self) {
+        let queues = &self.queues;
+        self.deadlines.retain(|(deadline, name, id)| {
+            let held = queues.get(name).and_then(|q| q.unacked.get(id));
+            held.is_some_and(|h| h.deadline_ms == *deadline)
+        });
+        self.sweep_at = 2 * self.deadlines.len() + DEADLINE_SLACK;
     }
 }
 
@@ -618,6 +642,23 @@ mod tests {
         assert_eq!(names, [b"q"[..].into(), b"q.dead"[..].into()]);
         t.q.unconsume(&mut t.store, A, b"q", 0, &mut t.out).unwrap();
         assert_eq!(t.q.figures().len(), 1, "an empty queue nobody consumes is forgotten");
+    }
+
+    #[test]
+    fn deadlines_of_settled_jobs_do_not_pile_up() {
+        let mut t = T::new();
+        t.consume(A, "q", 10);
+        for i in 0..100_000 {
+            t.enqueue("q", "j");
+            if i >= 10 {
+                t.ack(A, "q", i - 9).unwrap(); // ten out at a time
+            }
+        }
+        t.sent();
+        assert!(t.q.deadlines.len() <= 2 * 10 + DEADLINE_SLACK, "{} entries for 10 jobs out", t.q.deadlines.len());
+        // The live ones are all still there: each comes back at its deadline.
+        let (lost, _) = t.q.expire(&mut t.store, 1000, &mut t.out);
+        assert_eq!(lost.len(), 10);
     }
 
     #[test]
