@@ -759,7 +759,7 @@ impl Store {
     /// Adds a job to `queue` (created on first use); returns its id.
     pub fn enqueue(&mut self, queue: &[u8], payload: &[u8], now_ms: u64) -> Appended {
         let q = self.queue_id(queue);
-        let id = self.next_job_id(q);
+        let id = self.next_job_id(&self.queues[q]);
         self.log_applied(&Record::Enqueue { queue, id, tries: 0, time_ms: now_ms, payload });
         Appended { seq: id, ..self.after_append() }
     }
@@ -783,7 +783,7 @@ impl Store {
     pub fn move_job(&mut self, queue: &[u8], id: u64, to: &[u8], now_ms: u64) -> Option<Appended> {
         let payload = self.job(queue, id)?.payload.clone();
         let t = self.queue_id(to);
-        let new_id = self.next_job_id(t);
+        let new_id = self.next_job_id(&self.queues[t]);
         let rec = Record::Move { queue, id, to, new_id, time_ms: now_ms, payload: &payload };
         Some(Appended { seq: new_id, lsn: self.append_record(&rec)? })
     }
@@ -809,8 +809,7 @@ impl Store {
     /// Every queue the log knows, with what it holds.
     pub fn queues(&self) -> impl Iterator<Item = (&[u8], QueueInfo)> {
         self.queues.iter().map(|q| {
-            let next_id = q.next_id.max(self.floors[q.bucket].last + 1);
-            let info = QueueInfo { jobs: q.jobs.len() as u64, bytes: q.bytes, next_id };
+            let info = QueueInfo { jobs: q.jobs.len() as u64, bytes: q.bytes, next_id: self.next_job_id(q) };
             (&*q.name, info)
         })
     }
@@ -825,10 +824,9 @@ impl Store {
         q as usize
     }
 
-    /// The id the next job of queue `q` gets: above every id its records
+    /// The id the next job of `queue` gets: above every id its records
     /// name and above its bucket's floor (see "Queues are forgotten").
-    fn next_job_id(&self, q: usize) -> u64 {
-        let queue = &self.queues[q];
+    fn next_job_id(&self, queue: &Queue) -> u64 {
         queue.next_id.max(self.floors[queue.bucket].last + 1)
     }
 
