@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A longer fuzz run than `cargo test` makes, bounded in time.
 #
-#   scripts/fuzz.sh                      # defaults below: about 2-5 minutes on 2 cores
+#   scripts/fuzz.sh                      # defaults below: at most 30 minutes
 #   FUZZ_CASES=1000000 FUZZ_SEEDS=500 FUZZ_SECONDS=3600 scripts/fuzz.sh
 #   FUZZ_SEED_START=12345 scripts/fuzz.sh  # reproduce a run (seeds are printed)
 #
@@ -47,6 +47,7 @@ status=0
 PROPTEST_CASES=$cases timeout --kill-after=10 "$phase1" cargo test --release --lib --quiet || status=$?
 if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
   echo "fuzz: phase 1 stopped at its time limit (no failure found until then)"
+  cases="fewer than $cases"
 elif [ "$status" -ne 0 ]; then
   echo "fuzz: FAILED in phase 1; reproduce with: PROPTEST_CASES=$cases cargo test --release --lib"
   echo "      (proptest prints the minimal failing input above)"
