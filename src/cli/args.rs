@@ -186,7 +186,8 @@ pub struct ChannelArgs {
     /// Payload bytes retained per topic
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub retain_bytes: u64,
-    /// Drop messages older than this many seconds [default: no age bound]
+    /// Drop messages older than this many seconds (their time is kept to the
+    /// second, rounded up: never dropped early) [default: no age bound]
     #[arg(long, value_name = "SECONDS")]
     pub retain_age: Option<u64>,
     /// Bytes of log (all topics, headers included) retained in total; past it

@@ -97,17 +97,18 @@
 //!
 //! `cargo run --release --example store_bench` (64-byte payloads, one
 //! topic unless said; rates per CPU second of the process), 2026-12-02 at
-//! 16:0x UTC on this shared 2-core box:
+//! 19:2x UTC on a quiet 2-core VM:
 //!
-//! - memory: 89 bytes per retained message of 64 B (the payload, a 24-byte
-//!   entry and chunk slack); 396 bytes per topic holding one such message
-//!   (so 100 000 topics cost about 40 MB);
-//! - appends: 8.1 M/s in memory on one topic, 2.8 M/s over 1000 topics
-//!   (a topic lookup, and cache misses per topic); 4.0 M/s with a data
-//!   directory under `--fsync never` and under `interval` (a commit
-//!   every 1000 appends); under `always`, one `fdatasync` per commit;
-//! - reading 1 M retained messages in batches of 1000: 95 M/s;
-//! - reopening a log of 1.1 M records (scan, CRC, rebuild): 3.9 M/s.
+//! - memory: 81 bytes per retained message of 64 B (the payload, a 16-byte
+//!   entry and chunk slack; 89 with the 24-byte entries before); 388 bytes
+//!   per topic holding one such message (so 100 000 topics cost about 40 MB);
+//! - appends: 13.3 M/s in memory on one topic, 3.9–4.6 M/s over 1000
+//!   topics (a topic lookup, and cache misses per topic; 9.3–9.8 and
+//!   3.4–3.7 M/s with 24-byte entries, same machine and hour); 6.6 M/s with
+//!   a data directory under `--fsync never` and 6.4 M/s under `interval` (a
+//!   commit every 1000 appends); under `always`, one `fdatasync` per commit;
+//! - reading 1 M retained messages in batches of 1000: 153 M/s;
+//! - reopening a log of 1.1 M records (scan, CRC, rebuild): 5.9 M/s.
 
 mod disk;
 mod queue;
@@ -245,7 +246,7 @@ impl<'a> Iterator for Read<'a> {
         let e = self.entries.next()?;
         self.seq += 1;
         let body = self.topic.expect("entries come from a topic").body(e);
-        Some(Msg { seq: self.seq - 1, time_ms: e.time_ms, body })
+        Some(Msg { seq: self.seq - 1, time_ms: e.time_ms(), body })
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.entries.size_hint()
@@ -684,7 +685,7 @@ impl Store {
             }
             for j in 0..self.segs[i].topics.len() {
                 let t = self.segs[i].topics[j];
-                while self.topics[t as usize].entries.front().is_some_and(|e| e.time_ms <= cutoff) {
+                while self.topics[t as usize].entries.front().is_some_and(|e| e.time_ms() <= cutoff) {
                     self.drop_oldest(t);
                 }
             }

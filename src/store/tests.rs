@@ -112,14 +112,20 @@ fn retention_by_bytes_keeps_at_least_the_newest() {
 
 #[test]
 fn retention_by_age_goes_at_expire() {
-    let mut s = Store::in_memory(Config { retain_age_ms: Some(1000), segment_bytes: 200, ..config() });
+    let mut s = Store::in_memory(Config { retain_age_ms: Some(10_000), segment_bytes: 200, ..config() });
     for t in 0..20u64 {
-        s.put(b"slow", b"m", t * 100);
-        s.put(b"fast", b"m", t * 100);
+        s.put(b"slow", b"m", t * 1000);
+        s.put(b"fast", b"m", t * 1000);
     }
-    s.expire(1500); // keeps what is younger than 1000 ms: times 600..=1900
+    s.expire(15_000); // keeps what is younger than 10 s: times 6..=19 s
     assert_eq!(s.info(b"slow").first, 7);
     assert_eq!(s.info(b"fast"), TopicInfo { first: 7, last: 20, messages: 14, bytes: 14 });
+    // Times are kept to the second, rounded up: never expired early.
+    s.put(b"fast", b"m", 19_001);
+    s.expire(29_999);
+    assert_eq!(s.info(b"fast").first, 21, "19.001 s counts as 20 s: at 29.999 s it is not 10 s old");
+    s.expire(30_000);
+    assert_eq!(s.info(b"fast").first, 22);
     s.expire(1_000_000);
     assert_eq!(s.info(b"slow"), TopicInfo { first: 21, last: 20, messages: 0, bytes: 0 });
     assert_eq!(s.stats().segments, 1, "segments with nothing retained went");
@@ -226,11 +232,11 @@ fn a_reopened_log_has_every_message_number_and_the_epoch() {
     assert_eq!(s.epoch(), epoch);
     assert_eq!((contents(&s, b"a"), contents(&s, b"b")), (a, b));
     assert_eq!(s.recovery().cut_bytes, 0);
-    assert_eq!(s.put(b"a", b"next", 7).seq, 51);
+    assert_eq!(s.put(b"a", b"next", 7001).seq, 51);
     s.commit().unwrap();
     let s = reopen(s, dir.path());
     assert_eq!(s.info(b"a").last, 51);
-    assert_eq!(s.read(b"a", 51, 1, 100).next().unwrap().time_ms, 7);
+    assert_eq!(s.read(b"a", 51, 1, 100).next().unwrap().time_ms, 8000, "to the second, rounded up");
 
     let other = tempfile::tempdir().unwrap();
     assert_ne!(Store::open(other.path(), config()).unwrap().epoch(), epoch);
@@ -266,15 +272,15 @@ fn segments_roll_and_go_once_nothing_in_them_is_retained() {
 #[test]
 fn numbering_survives_the_deletion_of_every_record_that_held_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), Config { retain_age_ms: Some(10), ..small(200) }).unwrap();
+    let mut s = Store::open(dir.path(), Config { retain_age_ms: Some(10_000), ..small(200) }).unwrap();
     for _ in 0..5 {
         s.put(b"gone", b"m", 0);
     }
     s.enqueue(b"q", b"j", 0);
     s.ack(b"q", 1);
     for i in 0..100u64 {
-        s.put(b"busy", b"m", i);
-        s.expire(i);
+        s.put(b"busy", b"m", i * 1000);
+        s.expire(i * 1000);
     }
     s.commit().unwrap();
     assert!(s.segs[0].id > 1, "the first segments went");
@@ -287,7 +293,7 @@ fn numbering_survives_the_deletion_of_every_record_that_held_it() {
 #[test]
 fn topics_nobody_needs_are_forgotten_and_their_numbers_never_given_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path(), Config { retain_age_ms: Some(10), ..small(200) }).unwrap();
+    let mut s = Store::open(dir.path(), Config { retain_age_ms: Some(10_000), ..small(200) }).unwrap();
     for _ in 0..5 {
         s.put(b"gone", b"m", 0);
     }
@@ -295,8 +301,8 @@ fn topics_nobody_needs_are_forgotten_and_their_numbers_never_given_again() {
     s.hold(held);
     s.put(b"held", b"m", 0);
     for i in 0..100u64 {
-        s.put(b"busy", b"m", i);
-        s.expire(i);
+        s.put(b"busy", b"m", i * 1000);
+        s.expire(i * 1000);
     }
     s.commit().unwrap();
     assert_eq!((s.find_topic(b"gone"), s.find_topic(b"held")), (None, Some(held)), "a subscribed topic stays");
